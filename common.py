@@ -1,0 +1,194 @@
+"""
+BOILERPLATE shared by the three stage scripts (train.py, search.py, retrain.py).
+
+Nothing here is part of the method. It is the plumbing a long research run needs, written once:
+one-line errors for user mistakes (exit status 2, no traceback), atomic checkpoint writes,
+safe checkpoint loading (weights_only=True), run directories that are never overwritten by
+accident, the torchrun/DDP set-up, and progress lines with a rate and an ETA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import torch
+import torch.distributed as dist
+
+
+class UsageError(Exception):
+    """A mistake the user can fix (bad flag value, missing file, mismatched checkpoint): one line, exit 2."""
+
+
+def run(main, *user_errors: type[Exception]) -> None:
+    """Run a script's main(); turn user mistakes into one line on stderr and exit status 2."""
+    try:
+        main()
+    except (UsageError, *user_errors) as err:
+        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints one line (not the whole usage block) and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind=int, minimum=1):
+    """argparse type for a number >= minimum (epochs, batch size, population ...), with a one-line error."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+# ----------------------------------------------------------------------------------------------
+# Printing: only the master process prints (STYLE 11); a plain function, print itself untouched.
+MASTER = True
+
+
+def print0(*args, **kwargs):
+    if MASTER:
+        print(*args, **kwargs, flush=True)
+
+
+def format_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: atomic writes, safe loads, run directories.
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temp file in the same directory, fsync, then rename: a crash leaves the old file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
+    """torch.load with weights_only=True: tensors, plain types and RNG states only; never runs code."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} {path} does not exist; pass the path of an existing file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"refused to load {path}: it holds objects other than tensors and plain types ({first[:120]}); "
+                         "load only checkpoints written by this project") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UsageError(f"{what} {path} is truncated or corrupt ({type(err).__name__}); "
+                         "use another checkpoint or rerun the stage that wrote it") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{what} {path} is not a checkpoint of this project (no dict inside)")
+    return obj
+
+
+def state_fingerprint(state: dict) -> str:
+    """SHA-256 over a state_dict's names and tensor bytes: ties supernet.pt to its own W0 file."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def prepare_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
+    """Create the run directory; never overwrite an existing run unless --force was given."""
+    exists = os.path.isdir(out) and bool(os.listdir(out))
+    if resume:
+        if not os.path.isfile(os.path.join(out, marker)):
+            raise UsageError(f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run")
+        return
+    if exists and not force:
+        raise UsageError(f"run directory {out} already exists: pass --resume to continue it, "
+                         "--force to overwrite it, or --out DIR for a new run")
+    if exists and force:
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+
+
+def git_commit() -> str | None:
+    """The code version, recorded in config.json instead of copying *.py into the run (anti-pattern 16)."""
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices and torchrun. One code path: plain `python script.py` is a world of size 1.
+class Dist:
+    def __init__(self, ddp: bool, rank: int, local_rank: int, world_size: int, device: torch.device):
+        self.ddp, self.rank, self.local_rank, self.world_size, self.device = ddp, rank, local_rank, world_size, device
+        self.master = rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        return torch.device("cuda", local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was asked for but MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def setup_distributed(device: str, backend: str, timeout_minutes: float) -> Dist:
+    """Detect torchrun (RANK in the environment), init the process group, pick this rank's device."""
+    global MASTER
+    if int(os.environ.get("RANK", -1)) == -1:
+        return Dist(False, 0, 0, 1, resolve_device(device))
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    dev = resolve_device(device, local_rank)
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    # a timeout, so that when one rank dies the others fail with an error instead of waiting forever
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    MASTER = rank == 0
+    return Dist(True, rank, local_rank, world, dev)
+
+
+def cleanup_distributed(d: Dist) -> None:
+    if d.ddp and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,375 @@
+"""Datasets and loaders shared by train.py (supernet on random labels) and retrain.py (true labels).
+
+Every dataset here yields `(image, target)` with `image` a normalized FloatTensor (3, H, W) and `target` the TRUE
+label as an int, and exposes `.targets` (LongTensor (N,), 0-based, read without decoding any image) and
+`.num_classes`. RLNAS never trains on these targets: train.py draws random labels once for the whole training set
+and wraps the dataset in `Relabeled`, which swaps the label and keeps the image untouched.
+
+Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021, arXiv:2101.11834 -- the random-label
+supernet training of the method (SPEC.md section 1). What this file reproduces from the official NAS-Bench-201 code
+(SPEC.md sections 1 and 3, pitfall 3 in section 8):
+  - the CIFAR-10 supernet sees only one half (25k/25k) of the training set (`split_indices`);
+  - ImageNet16-120 keeps the raw labels 1..120 and shifts them to 0..119 (the "ImageNet16 quirk");
+  - the augmentation: flip + RandomCrop(S, padding=S//8) + normalize for training, normalize only for testing.
+
+Datasets (`DATASETS`): cifar10, cifar100 (torchvision, under --data), imagenet16-120 (the NB201 pickles),
+folder (any ImageFolder tree with train/ and test/ or val/) and fake (synthetic, for smoke runs and tests).
+
+This module is imported, never run. Usage, from a stage script:
+    ds = load_dataset('cifar10', './data', 'train', augment=True)
+    train_idx, _ = split_indices(len(ds), seed=0)                       # the 25k half (NB201 CIFAR-10 only)
+    labels = random_labels(len(ds), ds.num_classes, seed)               # random_labels.py: one label per image
+    loader = make_loader(Relabeled(ds, train_idx, labels), 64, train=True, seed=seed, epoch=epoch)
+"""
+
+import os
+import pickle
+import socket
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
+from torchvision.transforms import v2
+
+DATASETS = ("cifar10", "cifar100", "imagenet16-120", "folder", "fake")
+
+# Normalization stats of the official NB201 code (xautodl get_dataset_with_transform.py), in [0, 1] units.
+# 'folder' and 'fake' reuse CIFAR-10's: the main use of 'folder' is the CIFAR-10 JPEG copy in ImageFolder layout,
+# and fake images only need some fixed normalization.
+MEAN_STD = {
+    "cifar10": ([x / 255 for x in (125.3, 123.0, 113.9)], [x / 255 for x in (63.0, 62.1, 66.7)]),
+    "cifar100": ([x / 255 for x in (129.3, 124.1, 112.4)], [x / 255 for x in (68.2, 65.4, 70.4)]),
+    "imagenet16-120": ([x / 255 for x in (122.68, 116.66, 104.01)], [x / 255 for x in (63.22, 61.26, 65.09)]),
+}
+MEAN_STD["folder"] = MEAN_STD["fake"] = MEAN_STD["cifar10"]
+
+# What to tell a user whose cifar/imagenet16 data cannot be read: those DataErrors end with these ways out.
+_WAYS_OUT = (
+    "use --data DIR to point at the data, or --dataset folder --data DIR (an ImageFolder with train/ and "
+    "test/ or val/), or --dataset fake for a synthetic smoke run"
+)
+
+
+class DataError(Exception):
+    """A dataset that cannot be loaded. str() is one line for the user: what is wrong and how to fix it."""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# BOILERPLATE: transforms. torchvision.transforms.v2 treats PIL images (folder) and uint8 tensors (cifar, imagenet16,
+# fake) alike, so every dataset goes through the same pipeline.
+
+
+class _Normalize:
+    """uint8 (3, H, W) -> float (3, H, W): x = (u8 / 255 - mean) / std.
+
+    Written out instead of v2.ToDtype(scale=True) + v2.Normalize because ToDtype multiplies by 1/255, which is one
+    ulp away from the official code's ToTensor (a division by 255) for half of the 256 values.
+    """
+
+    def __init__(self, mean: list[float], std: list[float]):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.to(torch.float32) / 255 - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"_Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+
+def build_transform(size: int, mean: list[float], std: list[float], augment: bool, resize: bool = False) -> v2.Compose:
+    """The official NB201 pipeline for S x S images (SPEC 3): train = flip + RandomCrop(S, pad S//8) + normalize."""
+    steps = [v2.ToImage()]  # PIL or uint8 tensor -> uint8 tv_tensors.Image (3, H, W)
+    if resize:
+        # Folder images of another size: short side to S, then the central S x S. Resize returns an S-sized image
+        # unchanged, so CIFAR-sized folders are not touched.
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]  # (3, S, S)
+    if augment:
+        # Flip first, then crop, as the official code. Padded pixels are 0 (black) before normalization.
+        steps += [v2.RandomHorizontalFlip(), v2.RandomCrop(size, padding=size // 8)]  # (3, S, S)
+    steps += [v2.ToPureTensor(), _Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# BOILERPLATE: the two dataset classes. Both keep the true labels as a LongTensor so that `.targets` never decodes.
+
+
+class TensorImages(Dataset):
+    """Images held in memory as one uint8 tensor (N, 3, H, W): cifar10/100, imagenet16-120 and fake."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, num_classes: int, transform=None):
+        assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3, images.shape
+        assert len(images) == len(targets), (len(images), len(targets))
+        self.images, self.targets, self.num_classes, self.transform = images, targets.long(), num_classes, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[i]), int(self.targets[i])
+
+
+class FileImages(Dataset):
+    """Images decoded from files on each access (the folder dataset): `samples` is ImageFolder's (path, class) list."""
+
+    def __init__(self, samples: list[tuple[str, int]], num_classes: int, transform=None):
+        self.samples, self.num_classes, self.transform = samples, num_classes, transform
+        self.targets = torch.tensor([c for _, c in samples], dtype=torch.long)  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = torchvision.datasets.folder.default_loader(self.samples[i][0])  # PIL RGB
+        return self.transform(image), int(self.targets[i])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# BOILERPLATE: one loader per dataset kind.
+
+
+def _load_cifar(name: str, root: str, train: bool) -> TensorImages:
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    folder = os.path.join(root, cls.base_folder)
+    try:
+        ds = cls(root, train=train, download=False)
+    except Exception as e:  # torchvision says RuntimeError('Dataset not found or corrupted') for both cases
+        if os.path.exists(folder):
+            raise DataError(
+                f"{name}: the files in {folder!r} are corrupt or incomplete ({_one_line(e)}); delete that "
+                f"folder to download them again, or {_WAYS_OUT}"
+            ) from None
+        # Absent: try torchvision's download once, with a socket timeout so an offline machine fails in seconds.
+        old_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            ds = cls(root, train=train, download=True)
+        except Exception as e:  # URLError, timeouts, bad archives: all end the same way for the user
+            raise DataError(
+                f"{name}: not found under {root!r} and the download failed ({_one_line(e)}); {_WAYS_OUT}"
+            ) from None
+        finally:
+            socket.setdefaulttimeout(old_timeout)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    return TensorImages(images, torch.tensor(ds.targets), len(ds.classes))
+
+
+def _load_imagenet16(root: str, train: bool) -> TensorImages:
+    names = [f"train_data_batch_{i}" for i in range(1, 11)] if train else ["val_data"]
+    # The NB201 download unpacks into ImageNet16/, so accept --data pointing at it or at its parent.
+    folder = next((d for d in (root, os.path.join(root, "ImageNet16")) if os.path.isfile(os.path.join(d, names[0]))), root)
+    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise DataError(
+            f"imagenet16-120: missing {', '.join(missing)} in {folder!r} (expected the NAS-Bench-201 "
+            f"pickles train_data_batch_1..10 and val_data in DIR or DIR/ImageNet16); {_WAYS_OUT}"
+        )
+    data, labels = [], []
+    for n in names:
+        with open(os.path.join(folder, n), "rb") as f:
+            entry = pickle.load(f, encoding="latin1")  # {'data': uint8 (n, 768), 'labels': ints 1..1000}
+        if entry["data"].ndim != 2 or entry["data"].shape[1] != 3 * 16 * 16:
+            raise DataError(
+                f"imagenet16-120: {os.path.join(folder, n)!r} holds rows of {entry['data'].shape[1:]} "
+                f"values, not 768 = 3x16x16: not the NAS-Bench-201 ImageNet16 pickles; {_WAYS_OUT}"
+            )
+        data.append(entry["data"])
+        labels.append(np.asarray(entry["labels"], dtype=np.int64))
+    data, labels = np.concatenate(data), np.concatenate(labels)  # (N, 768), (N,)
+    # RLNAS: ImageNet16 quirk (SPEC 1). Raw labels are 1-indexed; ImageNet16-120 keeps classes 1..120 and the
+    # official loader subtracts 1 in __getitem__. We shift once here, so targets (and random labels) are 0..119.
+    keep = (labels >= 1) & (labels <= 120)
+    images = torch.from_numpy(data[keep]).view(-1, 3, 16, 16)  # channel-major rows -> (N, 3, 16, 16)
+    return TensorImages(images, torch.from_numpy(labels[keep] - 1), 120)
+
+
+def _folder_error(problem: str, path: str) -> DataError:
+    return DataError(
+        f"--dataset folder: {problem}: {path!r}; expected DIR/train/<class>/<images> and "
+        f"DIR/test/<class>/<images> (or DIR/val/<class>/<images>) with the same class folders"
+    )
+
+
+def _load_folder(root: str, train: bool) -> FileImages:
+    if not os.path.isdir(root):
+        raise _folder_error("no such directory", root)
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise _folder_error("no train/ folder in", root)
+    # test/ wins when both exist: for the CIFAR-10 copy it is the official test set.
+    eval_dir = next((d for d in (os.path.join(root, "test"), os.path.join(root, "val")) if os.path.isdir(d)), None)
+    if eval_dir is None:
+        raise _folder_error("no test/ nor val/ folder in", root)
+    # Class folder names only (no image scan) for both splits, so a mismatch is caught whichever split is asked for.
+    classes = {}
+    for d in (train_dir, eval_dir):
+        try:
+            classes[d] = torchvision.datasets.folder.find_classes(d)[0]
+        except FileNotFoundError:
+            raise _folder_error("no class folders in", d) from None
+    if classes[train_dir] != classes[eval_dir]:
+        only_one = sorted(set(classes[train_dir]) ^ set(classes[eval_dir]))
+        raise _folder_error(
+            f"train/ and {os.path.basename(eval_dir)}/ have different class folders "
+            f"({', '.join(only_one[:5])} in only one of them) in",
+            root,
+        )
+    split_dir = train_dir if train else eval_dir
+    try:
+        # ImageFolder lists the files (sorted, class index = position of the sorted folder name) without decoding.
+        samples = torchvision.datasets.ImageFolder(split_dir).samples
+    except FileNotFoundError as e:  # a class folder with no image file
+        raise _folder_error(f"{_one_line(e)} in", split_dir) from None
+    return FileImages(samples, len(classes[train_dir]))
+
+
+def _load_fake(train: bool, size: int, num_images: int, num_classes: int, seed: int) -> TensorImages:
+    # Seeds 2*seed (train) and 2*seed+1 (test): a distinct stream for every (seed, split) and no global RNG touched.
+    g = torch.Generator().manual_seed(2 * seed + (0 if train else 1))
+    n = num_images if train else max(1, num_images // 4)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)  # (N, 3, S, S)
+    targets = torch.randint(0, num_classes, (n,), generator=g)  # (N,)
+    return TensorImages(images, targets, num_classes)
+
+
+def load_dataset(
+    name: str,
+    root: str,
+    split: str,
+    augment: bool,
+    image_size: int | None = None,
+    fake_images: int = 1024,
+    fake_classes: int = 10,
+    fake_seed: int = 0,
+) -> Dataset:
+    """Load `split` ('train' or 'test') of dataset `name`; the training pipeline augments only if `augment`.
+
+    Returns a dataset of (FloatTensor (3, S, S) normalized, int true label) with `.targets` (LongTensor (N,), 0-based)
+    and `.num_classes`. `image_size` (default 32) sets S for 'folder' and 'fake'; cifar (32) and imagenet16-120 (16)
+    have a fixed size and accept only None or that size. Raises DataError (one line) when the data cannot be read.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    train = split == "train"
+    native = {"cifar10": 32, "cifar100": 32, "imagenet16-120": 16}.get(name)
+    if native is not None and image_size not in (None, native):
+        raise DataError(f"{name} images are {native}x{native}; drop --image-size or set it to {native}")
+    size = native or image_size or 32
+    if name in ("cifar10", "cifar100"):
+        ds = _load_cifar(name, root, train)
+    elif name == "imagenet16-120":
+        ds = _load_imagenet16(root, train)
+    elif name == "folder":
+        ds = _load_folder(root, train)
+    else:
+        ds = _load_fake(train, size, fake_images, fake_classes, fake_seed)
+    # The test split is never augmented, whatever the caller asks (SPEC 3: test = normalize only).
+    ds.transform = build_transform(size, *MEAN_STD[name], augment=augment and train, resize=name == "folder")
+    return ds
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# RLNAS: which images the supernet sees, and with which labels (SPEC 1, pitfall 3).
+
+
+def split_indices(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded half split of range(n): (train_idx (n//2,), valid_idx (n - n//2,)), disjoint, each sorted.
+
+    The NB201 CIFAR-10 supernet trains on the 25k "train" half of the 50k training images; the official code reads
+    that half from configs/nas-benchmark/cifar-split.txt, which we cannot ship, so we draw it with a local generator.
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)  # (n,)
+    return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
+
+
+def subset_indices(indices: torch.Tensor, subset: int, seed: int = 0) -> torch.Tensor:
+    """A seeded random subset of `subset` elements of `indices`, sorted; subset <= 0 or >= len(indices) keeps all.
+
+    For a fixed seed a smaller subset is contained in a larger one (both are prefixes of one permutation).
+    """
+    if subset <= 0 or subset >= len(indices):
+        return indices.sort().values
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(indices), generator=g)[:subset]  # (subset,)
+    return indices[pick].sort().values
+
+
+class Relabeled(Dataset):
+    """base restricted to `indices`, with item i = (image of base[indices[i]], labels[indices[i]]).
+
+    RLNAS: `labels` covers the FULL base dataset (one random label per training image, drawn once before training,
+    as the official code does), and only then is the subset taken, so an image's label does not depend on the subset.
+    """
+
+    def __init__(self, base: Dataset, indices: torch.Tensor, labels: torch.Tensor):
+        assert len(labels) == len(base), f"labels must cover the full dataset: {len(labels)} labels, {len(base)} images"
+        self.base, self.indices, self.labels = base, indices.long(), labels.long()
+        self.labels_used = self.labels[self.indices]  # (len(indices),)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = int(self.indices[i])
+        return self.base[j][0], int(self.labels[j])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# BOILERPLATE: a loader whose order and augmentations are a function of (seed, epoch, rank), so a resumed run
+# replays exactly the data of the epoch it restarts.
+
+
+def epoch_seed(*values: int) -> int:
+    """Mix non-negative ints, e.g. (seed, epoch) or (seed, epoch, rank), into one 32-bit seed, without collisions
+    like seed + epoch has ((0, 1) and (1, 0) would share a stream)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader for one epoch. Train: shuffled by (seed, epoch) only; test: in order. Under DDP each rank gets
+    its DistributedSampler shard (which pads with a few repeated indices when len % world_size != 0).
+
+    Augmentations draw from torch's RNG in the process that runs the transforms:
+      - num_workers > 0: each worker is seeded by the loader from `generator`, seeded here by (seed, epoch, rank);
+      - num_workers == 0: the main process's global RNG. The caller (train.py) must reseed it at the start of each
+        epoch, e.g. torch.manual_seed(epoch_seed(seed, epoch, rank)), for a resumed run to replay the augmentations.
+    """
+    if world_size > 1:
+        # Same permutation on every rank (seed + epoch inside the sampler), rank r takes every world_size-th index.
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+        sampler.set_epoch(epoch)
+    elif train:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, rank)),
+        persistent_workers=num_workers > 0,
+    )

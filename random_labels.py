@@ -1,0 +1,62 @@
+"""
+Random labels: the one change RLNAS makes to supernet training.
+
+Every training image gets one label drawn from the discrete uniform distribution over K
+classes, once, before training, from a generator seeded by --label-seed alone. The labels then
+stay fixed for the whole run. They carry no information about the images, yet the paper shows
+that the angle computed from a supernet trained on them ranks architectures about as well as
+one trained on the real labels (its Table 1; SPEC.md 7.1).
+
+Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
+arXiv:2101.11834, the random-label supernet training of the method. Official mechanism:
+SPEC.md section 1 and pitfall 3 (section 8).
+
+Used by train.py:
+
+    python train.py --space nb201                      # uniform random labels, K = 10, seed 0
+    python train.py --space nb201 --label-seed 3       # another draw of the labels
+    python train.py --space nb201 --labels true        # the real labels (SPOS baseline, Table 1 A/B)
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+# RLNAS: the label draw. y_n ~ Uniform{0, ..., K-1}, i.i.d. for every training image n.
+def random_labels(num_examples: int, num_classes: int, seed: int) -> torch.Tensor:
+    """(N,) int64 labels, uniform over num_classes, a pure function of (N, K, seed).
+
+    The generator is local: never the global RNG, never offset by the DDP rank or a worker id,
+    so every rank draws the identical vector and nothing else (model init, path sampling,
+    augmentation) can shift it. The official code re-seeded NumPy's global RNG instead, which
+    also re-seeded its path sampler (pitfall 9). The labels are drawn for the full training set
+    before any split or subset is taken, so an image's label never depends on the subset.
+    It is not a permutation of the true labels: class counts are only about balanced.
+    """
+    if num_examples < 0 or num_classes < 1:
+        raise ValueError(f"need num_examples >= 0 and num_classes >= 1, got {num_examples}, {num_classes}")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_classes, (num_examples,), generator=gen, dtype=torch.int64)  # (N,)
+
+
+def checksum(labels: torch.Tensor) -> str:
+    """SHA-256 of the label vector as little-endian int64: proves two runs use the same labels."""
+    return hashlib.sha256(labels.to(torch.int64).contiguous().numpy().astype("<i8").tobytes()).hexdigest()
+
+
+def label_record(labels: torch.Tensor, kind: str, seed: int | None, num_classes: int) -> dict:
+    """What a checkpoint stores about its labels: enough to prove a resumed run uses the same ones."""
+    return {"kind": kind, "seed": seed, "num_classes": num_classes, "count": int(labels.numel()), "sha256": checksum(labels)}
+
+
+def check_same_labels(saved: dict, current: dict) -> None:
+    """Raise ValueError (one line) if a resumed run would train on other labels than the saved run."""
+    for key in ("kind", "seed", "num_classes", "count", "sha256"):
+        if saved.get(key) != current.get(key):
+            raise ValueError(
+                f"the checkpoint was trained on other labels ({key}: saved {saved.get(key)!r}, now {current.get(key)!r}); "
+                "resume with the same --labels/--label-seed/--label-classes and dataset, or start a new run with --out"
+            )

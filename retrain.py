@@ -1,0 +1,216 @@
+"""
+Stage 3 of RLNAS: train the architecture the search found from scratch, on the real labels.
+
+For NAS-Bench-201 the paper does not retrain: it looks the architecture up in the benchmark
+(search.py --benchmark). This script is for everything the benchmark does not cover: another
+dataset, a CIFAR-100 subset, your own ImageFolder. It follows the NAS-Bench-201 training
+protocol (C=16, N=5, affine BN, 200 epochs, batch 256, SGD Nesterov momentum 0.9, lr 0.1 cosine
+to 0, weight decay 5e-4, flip + crop augmentation) and reports top-1/top-5 test accuracy.
+
+Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
+arXiv:2101.11834, the evaluation step (SPEC.md 6; NAS-Bench-201's protocol, Dong & Yang 2020).
+
+    python retrain.py --ckpt-search runs/<run>/search.json               # the search winner, CIFAR-10
+    python retrain.py --arch "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    python retrain.py --arch "..." --dataset fake --epochs 1 --channels 4 --layers 1   # a smoke run
+    python retrain.py --resume --out runs/<retrain-run>
+    torchrun --standalone --nproc_per_node=4 retrain.py --ckpt-search runs/<run>/search.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+from common import UsageError, print0
+from data import DATASETS, DataError, Relabeled, epoch_seed, load_dataset, make_loader, subset_indices
+from supernet import Subnet, arch_to_str, str_to_arch
+
+# ----------------------------------------------------------------------------------------------
+# Config: the NAS-Bench-201 protocol by default.
+p = common.Parser(description="Retrain one NB201 architecture from scratch on the real labels (stage 3).")
+p.add_argument("--arch", default=None, help="NB201 architecture string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+p.add_argument("--ckpt-search", default=None, help="search.json written by search.py: retrain its winner")
+p.add_argument("--channels", type=common.number(int), default=16, help="C (16)")
+p.add_argument("--layers", type=common.number(int), default=5, help="N cells per stage (5)")
+p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset (default cifar10)")
+p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
+p.add_argument("--image-size", type=common.number(int), default=None, help="image side for folder/fake data (default 32)")
+p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
+p.add_argument("--data-seed", type=int, default=0, help="seed of --subset and of the fake data (0)")
+p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
+p.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (2)")
+p.add_argument("--epochs", type=common.number(int), default=200, help="epochs (200)")
+p.add_argument("--batch-size", type=common.number(int), default=256, help="batch size per process (256)")
+p.add_argument("--lr", type=common.number(float, 0), default=0.1, help="initial learning rate, cosine to 0 (0.1)")
+p.add_argument("--momentum", type=common.number(float, 0), default=0.9, help="SGD momentum (0.9)")
+p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum (on)")
+p.add_argument("--wd", type=common.number(float, 0), default=5e-4, help="weight decay (5e-4)")
+p.add_argument("--seed", type=int, default=0, help="seed of the init and the data order (0)")
+p.add_argument("--eval-every", type=common.number(int), default=1, help="test every N epochs (and after the last) (1)")
+p.add_argument("--out", default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)")
+p.add_argument("--resume", action="store_true", help="continue the run in --out")
+p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+p.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
+p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
+p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
+p.add_argument("--dist-timeout", type=common.number(float), default=30.0, help="minutes before DDP gives up on a dead rank")
+RUN_FLAGS = {"out", "resume", "force", "log_every", "device", "backend", "dist_timeout", "workers", "data", "eval_every"}
+
+
+def resolve_arch(args) -> tuple:
+    """The architecture from --arch or from the winner of a search.json (one of the two)."""
+    if (args.arch is None) == (args.ckpt_search is None):
+        raise UsageError("give exactly one of --arch STRING or --ckpt-search runs/<run>/search.json")
+    text = args.arch
+    if args.ckpt_search is not None:
+        try:
+            with open(args.ckpt_search) as f:
+                text = json.load(f)["winner"]["arch"]
+        except FileNotFoundError:
+            raise UsageError(f"{args.ckpt_search} does not exist; pass the search.json written by search.py") from None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UsageError(f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py") from None
+    try:
+        return str_to_arch(text)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, d) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) over the whole test split, summed over all ranks."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, images
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        top5 = model(x).topk(min(5, model_classes(model)), dim=1).indices  # (B, 5)
+        totals += torch.tensor([(top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(1).sum().item(), len(y)],
+                               dtype=torch.float64, device=device)
+    if d.ddp:
+        torch.distributed.all_reduce(totals)
+    return (100 * totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
+
+
+def model_classes(model) -> int:
+    return (model.module if isinstance(model, DDP) else model).classifier.out_features
+
+
+def main():
+    args = p.parse_args()
+    arch = resolve_arch(args)
+    if args.out is None:
+        args.out = os.path.join("runs", f"retrain-{args.dataset}-{hashlib.sha1(arch_to_str(arch).encode()).hexdigest()[:8]}-s{args.seed}")
+
+    # ------------------------------------------------------------------------------------------
+    # BOILERPLATE: devices, torchrun, run directory, resume.
+    d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
+    ckpt_path, log_path = os.path.join(args.out, "retrain.pt"), os.path.join(args.out, "log.jsonl")
+    ckpt = None
+    if args.resume:
+        common.prepare_run_dir(args.out, True, False, "retrain.pt")
+        ckpt = common.load_checkpoint(ckpt_path, "retrain checkpoint")
+        if ckpt.get("stage") != "retrain":
+            raise UsageError(f"{ckpt_path} is not a retrain.py checkpoint")
+        if ckpt["arch"] != arch_to_str(arch):
+            raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_to_str(arch)}")
+        for key, saved in ckpt["config"].items():
+            if key not in RUN_FLAGS and key not in ("arch", "ckpt_search"):
+                setattr(args, key, saved)
+    elif d.master:
+        common.prepare_run_dir(args.out, False, args.force, "retrain.pt")
+    if d.ddp:
+        torch.distributed.barrier()
+
+    # ------------------------------------------------------------------------------------------
+    # Data: real labels, standard augmentation on train, none on test.
+    base = load_dataset(args.dataset, args.data, "train", augment=True, image_size=args.image_size,
+                        fake_images=args.fake_images, fake_seed=args.data_seed)
+    test_set = load_dataset(args.dataset, args.data, "test", augment=False, image_size=args.image_size,
+                            fake_images=args.fake_images, fake_seed=args.data_seed)
+    indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)
+    train_set = Relabeled(base, indices, base.targets.long())
+    test_loader = make_loader(test_set, args.batch_size, train=False, seed=args.seed, epoch=0, rank=d.rank,
+                              world_size=d.world_size, num_workers=args.workers)
+
+    # ------------------------------------------------------------------------------------------
+    # Model and optimizer.
+    torch.manual_seed(args.seed)
+    raw_model = Subnet(arch, args.channels, args.layers, base.num_classes).to(d.device)
+    model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
+    optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr, momentum=args.momentum,
+                                nesterov=args.nesterov and args.momentum > 0, weight_decay=args.wd)
+    start_epoch = 0
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch = ckpt["epoch"]
+        if d.master and os.path.exists(log_path):  # the epoch a crash lost is redone: drop its log line
+            with open(log_path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= start_epoch]
+            with open(log_path, "w") as f:
+                f.writelines(kept)
+        print0(f"resumed {ckpt_path} at epoch {start_epoch}")
+    elif d.master:
+        common.atomic_write_json({**vars(args), "arch": arch_to_str(arch), "git_commit": common.git_commit()},
+                                 os.path.join(args.out, "config.json"))
+    params = sum(q.numel() for q in raw_model.parameters())
+    print0(f"retrain {arch_to_str(arch)} | C={args.channels} N={args.layers} | {params:,} parameters | "
+           f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}")
+
+    # ------------------------------------------------------------------------------------------
+    # Training loop (cosine to 0 per epoch, as NAS-Bench-201).
+    t_run, steps_run, top1, top5 = time.time(), 0, None, None
+    for epoch in range(start_epoch, args.epochs):
+        lr = 0.5 * args.lr * (1 + torch.cos(torch.tensor(torch.pi * epoch / args.epochs)).item())
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # augmentation: replayable on resume
+        loader = make_loader(train_set, args.batch_size, train=True, seed=args.seed, epoch=epoch, rank=d.rank,
+                             world_size=d.world_size, num_workers=args.workers, pin_memory=d.device.type == "cuda")
+        model.train()
+        t0, totals = time.time(), torch.zeros(3, dtype=torch.float64)
+        for i, (x, y) in enumerate(loader):
+            x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
+            logits = model(x)  # (B, K)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if not torch.isfinite(loss):
+                raise SystemExit(f"retrain.py: error: the loss became {loss.item()} at epoch {epoch} step {i}; lower --lr")
+            totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+            steps_run += 1
+            if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
+                rate = totals[2].item() * d.world_size / (time.time() - t0)
+                eta = ((args.epochs - epoch) * len(loader) - i - 1) * (time.time() - t_run) / steps_run
+                print0(f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
+                       f"train acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | ETA {common.format_time(eta)}")
+        entry = {"epoch": epoch + 1, "loss": (totals[0] / totals[2]).item(), "train_acc": (100 * totals[1] / totals[2]).item(),
+                 "lr": lr, "seconds": time.time() - t0}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            top1, top5 = evaluate(model, test_loader, d.device, d)
+            entry.update(test_top1=top1, test_top5=top5)
+            print0(f"epoch {epoch + 1}/{args.epochs} | test top-1 {top1:.2f}% | top-5 {top5:.2f}%")
+        if d.master:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            common.atomic_save({"stage": "retrain", "epoch": epoch + 1, "arch": arch_to_str(arch), "model": raw_model.state_dict(),
+                                "optimizer": optimizer.state_dict(), "config": vars(args), "test_top1": top1, "test_top5": top5},
+                               ckpt_path)
+    if top1 is None and ckpt is not None:
+        top1, top5 = ckpt.get("test_top1"), ckpt.get("test_top5")
+    print0(f"done: {arch_to_str(arch)} | test top-1 {top1}% | top-5 {top5}% | {ckpt_path}")
+    common.cleanup_distributed(d)
+
+
+if __name__ == "__main__":
+    common.run(main, DataError)

@@ -1,0 +1,212 @@
+"""
+Stage 2 of RLNAS: search the architecture whose weights moved the furthest from W0.
+
+Loads the trained supernet (Wt) and its initial weights (W0), then runs the SPOS evolutionary
+search with the angle between V(a, W0) and V(a, Wt) as fitness (angle.py); the largest angle
+wins. No data and no forward pass are needed. --exhaustive scores all 15,625 NB201 cells
+instead. With --benchmark it also looks the result up in NAS-Bench-201 and reports Kendall's tau
+of the angle against the benchmark accuracy.
+
+Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
+arXiv:2101.11834, the angle-based evolutionary search step (angle from ABS, Hu et al. 2020,
+Algorithm 1). Settings: SPEC.md 5 (NB201 column); ranking study: SPEC.md 7.5.
+
+    python search.py --ckpt runs/<run>/supernet.pt                         # evolution, prints the winner
+    python search.py --ckpt runs/<run>/supernet.pt --exhaustive            # rank all 15,625 cells
+    python search.py --ckpt runs/<run>/supernet.pt --benchmark ../shared/data/nb201-accuracy.csv
+    python search.py --ckpt runs/<run>/supernet.pt --resume                # continue an interrupted search
+
+The search is single-process and needs no GPU (SPEC 8, pitfall 13); there is no torchrun mode.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+import common
+from angle import AngleScorer
+from benchmark import BenchmarkError, load_benchmark
+from common import UsageError
+from evolution import evolve, rank, tie_group
+from supernet import OPS, Supernet, all_archs, arch_to_str, str_to_arch
+
+# ----------------------------------------------------------------------------------------------
+# Config (SPEC 5, NB201: population 100, top-30, 50 mutations with p=0.1 never to 'none', 50 crossovers, 20 gens)
+p = common.Parser(description="Search the architecture with the largest angle (stage 2).")
+p.add_argument("--ckpt", required=True, help="supernet.pt written by train.py (it names its W0 file)")
+p.add_argument("--w0", default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
+p.add_argument("--exhaustive", action="store_true", help="score all 15,625 NB201 architectures instead of evolving")
+p.add_argument("--population", type=common.number(int), default=100, help="candidates per generation (100)")
+p.add_argument("--topk", type=common.number(int), default=30, help="elitist archive that parents come from (30)")
+p.add_argument("--mutations", type=common.number(int, 0), default=50, help="mutants per generation (50)")
+p.add_argument("--crossovers", type=common.number(int, 0), default=50, help="crossover children per generation (50)")
+p.add_argument("--mutation-prob", type=common.number(float, 0), default=0.1, help="per-gene mutation probability (0.1)")
+p.add_argument("--generations", type=common.number(int), default=20, help="generations (20)")
+p.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
+p.add_argument("--benchmark", default=None, help="NAS-Bench-201 CSV (ArchitectureString + accuracy columns) to report against")
+p.add_argument("--top", type=common.number(int), default=10, help="how many architectures to print (10)")
+p.add_argument("--out", default=None, help="where to write search.json (default: beside --ckpt)")
+p.add_argument("--resume", action="store_true", help="continue the search recorded in --out")
+p.add_argument("--force", action="store_true", help="overwrite an existing search.json")
+
+TIE_TOL = 1e-9  # angles closer than this are ties (float64 round-off is ~1e-13)
+SEARCH_KEYS = ("exhaustive", "population", "topk", "mutations", "crossovers", "mutation_prob", "generations", "seed")
+
+
+def tie_key(arch):
+    # RLNAS: ties are real. A skip on a path whose other edges are skips adds no weights, exactly like 'none',
+    # so such cells share one angle. Documented rule: prefer fewer 'none' edges (keep the connection), then the
+    # smaller op-index tuple; deterministic and independent of evaluation order.
+    return (sum(o == 0 for o in arch), tuple(arch))
+
+
+def load_supernet_pair(path: str, w0_path: str | None):
+    """(W0 state, Wt state, supernet args) from a train.py checkpoint, checked against each other."""
+    ckpt = common.load_checkpoint(path, "supernet checkpoint")
+    if ckpt.get("stage") != "train" or "model" not in ckpt or "supernet_args" not in ckpt:
+        raise UsageError(f"{path} is not a supernet checkpoint written by train.py")
+    args = dict(ckpt["supernet_args"])
+    if args.get("space") != "nb201":
+        raise UsageError(f"{path} is a {args.get('space')!r} supernet; this search knows nb201")
+    with torch.device("meta"):
+        expected = set(Supernet(args["channels"], args["layers"], args["num_classes"]).state_dict())
+    if set(ckpt["model"]) != expected:
+        raise UsageError(f"{path} does not hold the weights of the supernet it describes {args}; the file is damaged or edited")
+    w0_path = w0_path or os.path.join(os.path.dirname(path), ckpt["w0"]["file"])
+    init = common.load_checkpoint(w0_path, "initial weights (W0)")
+    if "model" not in init or set(init["model"]) != expected:
+        raise UsageError(f"{w0_path} is not the initial weights of a supernet of the same shape {args}")
+    if common.state_fingerprint(init["model"]) != ckpt["w0"]["fingerprint"]:
+        raise UsageError(f"{w0_path} is not the W0 of {path} (fingerprint differs): the angle needs the run's own initial weights")
+    return init["model"], ckpt["model"], args, ckpt
+
+
+def main():
+    args = p.parse_args()
+    out = args.out or os.path.join(os.path.dirname(args.ckpt) or ".", "search.json")
+    t_start = time.time()
+    w0, wt, net_args, ckpt = load_supernet_pair(args.ckpt, args.w0)
+    bench = None
+    if args.benchmark:
+        bench = load_benchmark(args.benchmark, str_to_arch)
+
+    # ------------------------------------------------------------------------------------------
+    # RLNAS: the fitness. One pass over both state_dicts, then any angle is a handful of sums (angle.py).
+    scorer = AngleScorer(w0, wt, net_args)
+    t_load = time.time() - t_start
+    settings = {k: getattr(args, k) for k in SEARCH_KEYS}
+    ident = {"ckpt": os.path.abspath(args.ckpt), "ckpt_epoch": ckpt["epoch"], "ckpt_fingerprint": common.state_fingerprint(wt)}
+    memo = {}
+    if os.path.exists(out) and not (args.resume or args.force):
+        raise UsageError(f"{out} already exists: pass --resume to continue that search, --force to overwrite it, or --out FILE")
+    if args.resume:
+        memo = load_previous(out, settings, ident)
+    print(f"loaded {args.ckpt} (epoch {ckpt['epoch']}) and its W0 in {t_load:.2f}s | supernet {net_args}")
+
+    state = {"settings": settings, **ident, "supernet_args": net_args, "mode": "exhaustive" if args.exhaustive else "evolution"}
+    if args.exhaustive:
+        t0 = time.time()
+        archs = all_archs()
+        scores = dict(zip(archs, scorer.angles(archs).tolist()))
+        print(f"scored all {len(archs):,} architectures in {time.time() - t0:.3f}s")
+    else:
+        t0 = time.time()
+
+        def on_generation(gen):
+            # progress, the current best, and search.json rewritten so an interrupted search can resume
+            best = gen.archive[0]
+            rate = len(gen.evaluated) / max(time.time() - t0, 1e-9)
+            eta = (args.generations - gen.index - 1) * (time.time() - t0) / (gen.index + 1)
+            line = (f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.0f} archs/s | "
+                    f"ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {arch_to_str(best)}")
+            if bench is not None and len(gen.evaluated) > 1:
+                line += f" | tau(c10) {bench.tau(gen.evaluated, first_column(bench)):+.3f}"
+            print(line)
+            write_state(out, state, gen.evaluated, gen.archive, gen.index + 1, done=False)
+
+        result = evolve([list(range(len(OPS)))] * 6, lambda cands: scorer.angles(cands).tolist(),
+                        population=args.population, topk=args.topk, mutations=args.mutations, crossovers=args.crossovers,
+                        mutation_prob=args.mutation_prob, generations=args.generations,
+                        mutation_choices=[list(range(1, len(OPS)))] * 6,  # never mutate into 'none' (SPEC 5)
+                        tie_key=tie_key, tie_tol=TIE_TOL, seed=args.seed, memo=memo, on_generation=on_generation)
+        scores = result.evaluated
+        print(f"evolution: {len(scores):,} architectures evaluated in {time.time() - t0:.3f}s "
+              f"({len(memo):,} taken from the interrupted run)")
+
+    # ------------------------------------------------------------------------------------------
+    # Report: the top architectures, the winner's tie group, and the benchmark view.
+    ordered = rank(scores, tie_key, TIE_TOL)
+    group = tie_group(ordered, scores, TIE_TOL)
+    winner = ordered[0]
+    cols = list(bench.acc) if bench else []
+    print(f"\ntop {min(args.top, len(ordered))} by angle (radians, larger is better):")
+    header = f"{'#':>3} {'angle':>10}  " + "".join(f"{c:>16}" for c in cols) + "  architecture"
+    print(header)
+    for i, a in enumerate(ordered[: args.top]):
+        accs = "".join(f"{bench.accuracy(a, c):16.2f}" if a in bench.index else f"{'n/a':>16}" for c in cols) if bench else ""
+        print(f"{i + 1:3d} {scores[a]:10.6f}  {accs}  {arch_to_str(a)}")
+    print(f"\nwinner: {arch_to_str(winner)}  angle {scores[winner]:.6f}  tie group of {len(group)} "
+          f"(angles within {TIE_TOL:g}; ties broken by fewer 'none' edges, then op indices)")
+    report = {}
+    if bench is not None:
+        report = benchmark_report(bench, winner, group, scores)
+    state["benchmark"] = report
+    write_state(out, state, scores, ordered[: max(args.topk, args.top)], args.generations if not args.exhaustive else 1,
+                done=True, winner=winner, group=group)
+    print(f"wrote {out} ({time.time() - t_start:.2f}s in all)")
+
+
+def first_column(bench):
+    return next(iter(bench.acc))
+
+
+def benchmark_report(bench, winner, group, scores) -> dict:
+    """Print and return the winner's NB201 accuracies, its rank, the tie group's spread and Kendall's tau."""
+    report = {}
+    if winner not in bench.index:
+        print(f"the winner {arch_to_str(winner)} is not in the benchmark file")
+        return report
+    n = len(bench.archs)
+    for col in bench.acc:
+        acc = bench.accuracy(winner, col)
+        group_acc = [bench.accuracy(a, col) for a in group if a in bench.index]
+        tau = bench.tau(scores, col)
+        report[col] = {"accuracy": acc, "rank": bench.rank(winner, col), "of": n, "tie_group_min": min(group_acc),
+                       "tie_group_max": max(group_acc), "kendall_tau_b": tau, "tau_over": sum(a in bench.index for a in scores)}
+        print(f"benchmark {col:15s} winner {acc:6.2f}% (rank {report[col]['rank']:,} of {n:,}; best {bench.acc[col].max():.2f}) | "
+              f"tie group {min(group_acc):.2f}-{max(group_acc):.2f} | Kendall tau-b {tau:+.4f} over {report[col]['tau_over']:,} archs")
+    return report
+
+
+def write_state(out, state, scores, archive, generations_done, done, winner=None, group=None):
+    state = dict(state, generations_done=generations_done, done=done,
+                 evaluated=[[arch_to_str(a), s] for a, s in scores.items()],
+                 archive=[[arch_to_str(a), scores[a]] for a in archive])
+    if winner is not None:
+        state["winner"] = {"arch": arch_to_str(winner), "angle": scores[winner], "tie_group": [arch_to_str(a) for a in group]}
+    common.atomic_write_json(state, out)
+
+
+def load_previous(out: str, settings: dict, ident: dict) -> dict:
+    """The angles an interrupted search already computed, after checking it is the same search."""
+    import json
+
+    if not os.path.isfile(out):
+        raise UsageError(f"nothing to resume: {out} does not exist; drop --resume")
+    try:
+        with open(out) as f:
+            prev = json.load(f)
+        if prev.get("ckpt_fingerprint") != ident["ckpt_fingerprint"]:
+            raise UsageError(f"{out} belongs to another checkpoint; use --out FILE or --force to start over")
+        if prev.get("settings") != settings:
+            raise UsageError(f"{out} was made with other settings {prev.get('settings')}; use the same flags or --force")
+        return {str_to_arch(a): float(s) for a, s in prev["evaluated"]}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"{out} is not a readable search.json ({type(err).__name__}); use --force to start over") from None
+
+
+if __name__ == "__main__":
+    common.run(main, BenchmarkError)

@@ -1,0 +1,294 @@
+"""
+The NAS-Bench-201 weight-sharing supernet, trained by single-path one-shot (SPOS) sampling.
+
+RLNAS step 1 trains this network with random labels: every step one architecture is drawn
+uniformly and only its operations run forward and backward. This file holds the search
+space (five ops on six edges), the architecture string format, the official sampling rule,
+the supernet, and the stand-alone network (`Subnet`) that retrain.py trains from scratch.
+
+Paper: "Neural Architecture Search with Random Labels", Zhang, Hou, Zhang, Sun, CVPR 2021,
+arXiv:2101.11834, the supernet-training step of the method (the SPOS supernet of Guo et al.,
+ECCV 2020, in the NAS-Bench-201 space of Dong & Yang, ICLR 2020). Every shape below is
+SPEC.md section 2.1; the sampling quirks are SPEC.md section 8, pitfalls 4-6.
+
+The cell is a DAG of 4 nodes; node i sums one op applied to each earlier node j (edge "i<-j"):
+
+    node0 (cell input) --1<-0--> node1 --2<-1--> node2 --3<-2--> node3 (cell output)
+       \\______________2<-0_______________/      /
+        \\___________________3<-0_______________/  (and 3<-1 from node1)
+
+Used by train.py (Supernet), search.py/angle.py (parameter names) and retrain.py (Subnet):
+
+    python -c "import supernet; print(supernet.Supernet())"
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+# ----------------------------------------------------------------------------------------------
+# The search space (SPEC 2.1): op indices follow NAS-Bench-201's list, edges its sorted keys.
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # gene g is edge EDGES[g] = (i, j): "i<-j"
+EDGE_KEYS = tuple(f"{i}<-{j}" for i, j in EDGES)
+EDGE_INDEX = {edge: g for g, edge in enumerate(EDGES)}  # (i, j) -> gene index
+NUM_NODES = 4
+Arch = tuple[int, ...]  # one op index per edge, in EDGES order: the cell genotype, shape (E,) = (6,)
+NUM_ARCHS = len(OPS) ** len(EDGES)  # 5^6 = 15,625
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture strings: the only way an architecture crosses a boundary (CLI, logs, JSON, CSV).
+def arch_to_str(arch: Sequence[int]) -> str:
+    """(3, 0, 3, 1, 0, 1) -> '|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|'"""
+    check_arch(arch)
+    nodes = []
+    for i in range(1, NUM_NODES):
+        nodes.append("|" + "|".join(f"{OPS[arch[EDGE_INDEX[i, j]]]}~{j}" for j in range(i)) + "|")
+    return "+".join(nodes)
+
+
+def str_to_arch(text: str) -> Arch:
+    """Parse an NB201 string; raise ValueError naming what is wrong (never a bare KeyError)."""
+    example = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    hint = f"expected 3 '+'-separated nodes like {example}"
+    if not isinstance(text, str):
+        raise ValueError(f"architecture must be a string, got {type(text).__name__}; {hint}")
+    nodes = text.strip().split("+")
+    if len(nodes) != NUM_NODES - 1:
+        raise ValueError(f"malformed NB201 architecture {text!r}: {len(nodes)} nodes; {hint}")
+    ops = {}
+    for i, node in enumerate(nodes, start=1):
+        if not (node.startswith("|") and node.endswith("|")) or len(node) < 2:
+            raise ValueError(f"malformed NB201 architecture {text!r}: node {i} {node!r} must be wrapped in '|'; {hint}")
+        entries = node[1:-1].split("|")
+        if len(entries) != i:
+            raise ValueError(f"malformed NB201 architecture {text!r}: node {i} needs {i} inputs, got {len(entries)}; {hint}")
+        for j, entry in enumerate(entries):
+            op, sep, src = entry.partition("~")
+            if not sep or src != str(j):
+                raise ValueError(f"malformed NB201 architecture {text!r}: node {i} entry {entry!r} must read 'op~{j}'; {hint}")
+            if op not in OPS:
+                raise ValueError(f"unknown op {op!r} in architecture {text!r}; ops are {', '.join(OPS)}")
+            ops[(i, j)] = OPS.index(op)
+    return tuple(ops[edge] for edge in EDGES)
+
+
+def check_arch(arch: Sequence[int]) -> None:
+    """Fail fast on an internal architecture that is not 6 op indices in 0..4."""
+    if len(arch) != len(EDGES) or any(not isinstance(o, int) or not 0 <= o < len(OPS) for o in arch):
+        raise ValueError(f"an NB201 architecture is {len(EDGES)} op indices in 0..{len(OPS) - 1}, got {tuple(arch)}")
+
+
+def all_archs() -> list[Arch]:
+    """All 15,625 cells in lexicographic order of the op indices (gene 0 slowest)."""
+    grids = torch.cartesian_prod(*[torch.arange(len(OPS))] * len(EDGES))  # (15625, E)
+    return [tuple(row) for row in grids.tolist()]
+
+
+# ----------------------------------------------------------------------------------------------
+# RLNAS: single-path sampling with the official semantics (SPEC 2.1 "Sampling", pitfalls 4-5).
+def sample_cell(gen: torch.Generator) -> Arch:
+    """One uniformly drawn cell, redrawing any node whose incoming ops are all 'none'.
+
+    The official SPOS code (xautodl forward_urs) draws, for every node i, one op per incoming
+    edge uniformly; if all of them are 'none' the whole node is redrawn, so the sampled
+    sub-network never has a dead node. Marginals: edge 1<-0 is never 'none' (1/4 each other op).
+    """
+    ops = {}
+    for i in range(1, NUM_NODES):
+        while True:
+            draw = torch.randint(len(OPS), (i,), generator=gen).tolist()  # one op per edge i<-j, j < i
+            if any(o != 0 for o in draw):  # 0 = 'none': at least one live input
+                break
+        for j, o in enumerate(draw):
+            ops[(i, j)] = o
+    return tuple(ops[edge] for edge in EDGES)
+
+
+def sample_path(gen: torch.Generator, num_cells: int, share: bool = False) -> list[Arch]:
+    """The path trained in one step: one cell genotype per searchable cell.
+
+    Official behaviour (the default): each of the 3N searchable cells samples its own sub-cell
+    independently; the architectures that search.py scores share one genotype across cells.
+    share=True trains that shared form instead (one draw repeated in every cell).
+    The generator is dedicated and seeded identically on every DDP rank (pitfall 4), so all
+    ranks train the same path without any communication.
+    """
+    if share:
+        return [sample_cell(gen)] * num_cells
+    return [sample_cell(gen) for _ in range(num_cells)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Operations (SPEC 2.1 table). Names mirror xautodl so state_dict keys read
+# `cells.3.edges.2<-1.3.op.1.weight` (cell 3, edge 2<-1, op 3 = nor_conv_3x3, its conv).
+class ReLUConvBN(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, affine: bool, track: bool = True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine, track_running_stats=track),
+        )
+
+    def forward(self, x):
+        return self.op(x)  # (B, C_out, H/stride, W/stride)
+
+
+class Zero(nn.Module):
+    """'none': multiplies by zero. The supernet never runs it (a dropped edge adds nothing)."""
+
+    def forward(self, x):
+        return x.mul(0.0)
+
+
+def make_op(name: str, c: int, affine: bool, track: bool) -> nn.Module:
+    if name == "none":
+        return Zero()
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "nor_conv_1x1":
+        return ReLUConvBN(c, c, 1, 1, affine, track)
+    if name == "nor_conv_3x3":
+        return ReLUConvBN(c, c, 3, 1, affine, track)
+    if name == "avg_pool_3x3":  # no parameters: a cell's edges keep C_in == C_out
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    raise ValueError(f"unknown op {name!r}")
+
+
+class ResNetBlock(nn.Module):
+    """The fixed reduction block between stages (not searched): a ResNet basic block, stride 2."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv_a = ReLUConvBN(c_in, c_out, 3, 2, affine=True)  # ReLU-conv3x3/2-BN
+        self.conv_b = ReLUConvBN(c_out, c_out, 3, 1, affine=True)  # ReLU-conv3x3-BN
+        self.downsample = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(c_in, c_out, 1, bias=False))  # shortcut, no BN
+
+    def forward(self, x, arch=None):
+        return self.conv_b(self.conv_a(x)) + self.downsample(x)  # (B, 2C, H/2, W/2)
+
+
+# ----------------------------------------------------------------------------------------------
+class SearchCell(nn.Module):
+    """All 5 candidate ops on each of the 6 edges; forward runs only the ops named by `arch`."""
+
+    def __init__(self, c: int, affine: bool = False, track: bool = True):
+        super().__init__()
+        self.c = c
+        # edges["i<-j"][k] = candidate op k on edge i<-j. Cell BNs: affine=False (SPEC 2.1, pitfall 6)
+        self.edges = nn.ModuleDict({key: nn.ModuleList([make_op(op, c, affine, track) for op in OPS]) for key in EDGE_KEYS})
+
+    def forward(self, x, arch: Arch):
+        # RLNAS: single path. node_i = sum_j op_{i<-j}(node_j); 'none' edges are skipped outright,
+        # so their ops get no gradient this step (exactly like x*0 in the official code).
+        nodes = [x]  # node0: (B, C, H, W)
+        for i in range(1, NUM_NODES):
+            terms = [self.edges[f"{i}<-{j}"][arch[EDGE_INDEX[i, j]]](nodes[j]) for j in range(i) if arch[EDGE_INDEX[i, j]]]
+            nodes.append(sum(terms) if terms else torch.zeros_like(x))  # (B, C, H, W); all-'none' node = 0
+        return nodes[-1]
+
+    def extra_repr(self):
+        return f"C={self.c}, edges={' '.join(EDGE_KEYS)}, ops={'/'.join(OPS)}"
+
+
+class InferCell(nn.Module):
+    """One fixed cell for retraining: only the chosen op on each edge, 'none' edges omitted."""
+
+    def __init__(self, c: int, arch: Arch, affine: bool = True, track: bool = True):
+        super().__init__()
+        check_arch(arch)
+        self.c, self.arch = c, tuple(arch)
+        self.edges = nn.ModuleDict({key: make_op(OPS[o], c, affine, track) for key, o in zip(EDGE_KEYS, arch) if o != 0})
+
+    def forward(self, x, arch=None):
+        nodes = [x]
+        for i in range(1, NUM_NODES):
+            terms = [self.edges[f"{i}<-{j}"](nodes[j]) for j in range(i) if f"{i}<-{j}" in self.edges]
+            nodes.append(sum(terms) if terms else torch.zeros_like(x))
+        return nodes[-1]
+
+    def extra_repr(self):
+        return f"C={self.c}, arch={arch_to_str(self.arch)}"
+
+
+def cell_layout(layers: int) -> list[str]:
+    """Position of each module in `cells`: N searchable cells, a reduction block, N, a reduction, N."""
+    return ["cell"] * layers + ["reduce"] + ["cell"] * layers + ["reduce"] + ["cell"] * layers
+
+
+class _NB201Network(nn.Module):
+    """Macro skeleton shared by the supernet and the subnet (SPEC 2.1 'Macro')."""
+
+    def __init__(self, channels: int, layers: int, num_classes: int, make_cell):
+        super().__init__()
+        c = channels
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        cells = []
+        for kind in cell_layout(layers):
+            if kind == "reduce":
+                cells.append(ResNetBlock(c, 2 * c))
+                c *= 2
+            else:
+                cells.append(make_cell(c))
+        self.cells = nn.ModuleList(cells)  # 3N + 2 modules: C, 2C, 4C channels
+        self.searchable = [k for k, kind in enumerate(cell_layout(layers)) if kind == "cell"]
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def _forward(self, x, cell_archs):
+        x = self.stem(x)  # (B, C, H, W)
+        archs = iter(cell_archs)
+        for cell in self.cells:
+            x = cell(x, next(archs) if isinstance(cell, SearchCell) else None)  # (B, C', H', W')
+        x = self.global_pooling(self.lastact(x)).flatten(1)  # (B, 4C)
+        return self.classifier(x)  # (B, K)
+
+
+class Supernet(_NB201Network):
+    """The NB201 supernet: C=16, N=5 cells per stage, K classes (default 10).
+
+    forward(x, arch) takes either one cell genotype (6 ints, shared by every cell: how search
+    and evaluation see an architecture) or a list of 3N genotypes (one per searchable cell:
+    what sample_path() draws for training).
+    """
+
+    def __init__(self, channels: int = 16, layers: int = 5, num_classes: int = 10):
+        super().__init__(channels, layers, num_classes, lambda c: SearchCell(c, affine=False, track=True))
+        self.args = dict(space="nb201", channels=channels, layers=layers, num_classes=num_classes)
+
+    def forward(self, x, arch):
+        if len(arch) and isinstance(arch[0], int):
+            arch = [tuple(arch)] * len(self.searchable)  # one genotype for every cell
+        assert len(arch) == len(self.searchable), f"need {len(self.searchable)} cell genotypes, got {len(arch)}"
+        return self._forward(x, arch)
+
+
+class Subnet(_NB201Network):
+    """One NB201 architecture as a stand-alone network (the NB201 training protocol: affine BN)."""
+
+    def __init__(self, arch: Arch, channels: int = 16, layers: int = 5, num_classes: int = 10, affine: bool = True):
+        super().__init__(channels, layers, num_classes, lambda c: InferCell(c, arch, affine=affine))
+        self.arch = tuple(arch)
+
+    def forward(self, x, arch=None):
+        return self._forward(x, [self.arch] * len(self.searchable))
+
+
+def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:
+    """Copy the weights of `arch` out of a supernet state_dict, renamed for Subnet (used in tests)."""
+    out = {}
+    for name, tensor in state.items():
+        parts = name.split(".")
+        if len(parts) > 4 and parts[0] == "cells" and parts[2] == "edges":
+            key, op = parts[3], int(parts[4])
+            if arch[EDGE_KEYS.index(key)] != op:
+                continue  # an op that is not on this architecture
+            name = ".".join(parts[:4] + parts[5:])
+        out[name] = tensor
+    return out

@@ -1,0 +1,199 @@
+"""Property tests of evolution.py on synthetic, batched fitness functions (no network, CPU, seconds)."""
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from evolution import Generation, _crossover, _mutate, evolve, rank, tie_group
+
+TARGET = (1, 2, 3, 4, 1, 2, 3, 4, 1, 2)  # unique optimum of the Hamming fitness below
+CHOICES10 = [[0, 1, 2, 3, 4]] * 10
+SMALL = dict(population=40, topk=10, mutations=20, crossovers=20)
+
+
+class Recorder:
+    """Batched fitness = number of genes equal to TARGET (minus the Hamming distance, shifted); records every call."""
+
+    def __init__(self, target=TARGET):
+        self.target = target
+        self.calls: list[list[tuple]] = []
+
+    def __call__(self, archs):
+        self.calls.append(list(archs))
+        return [float(sum(a == t for a, t in zip(arch, self.target))) for arch in archs]
+
+    @property
+    def scored(self):
+        return [arch for call in self.calls for arch in call]
+
+
+def test_finds_the_unique_optimum():
+    fitness = Recorder()
+    result = evolve(CHOICES10, fitness, generations=15, seed=0, **SMALL)
+    assert result.archive[0] == TARGET
+    assert result.evaluated[TARGET] == 10.0
+    # the search used a small fraction of the 5^10 space, so it did not find TARGET by enumeration
+    assert len(result.evaluated) <= 15 * 40
+
+
+def test_no_arch_is_scored_twice_and_evaluated_lists_them_in_order():
+    fitness = Recorder()
+    result = evolve(CHOICES10, fitness, generations=10, seed=1, **SMALL)
+    scored = fitness.scored
+    assert len(scored) == len(set(scored))
+    assert list(result.evaluated) == scored
+    assert len(fitness.calls) == result.generations == 10  # one batched call per generation
+    assert all(0 < len(call) <= 40 for call in fitness.calls)
+
+
+def test_archive_is_elitist_top_k_of_everything_scored():
+    seen: list[Generation] = []
+    evolve(CHOICES10, Recorder(), generations=6, seed=2, on_generation=seen.append, **SMALL)
+    assert [g.index for g in seen] == list(range(6))
+    best_so_far = -1.0
+    for g in seen:
+        # integer scores: tie groups are exact ties, so the elitist archive is the top-k of all archs scored so far
+        assert g.archive == rank(g.evaluated)[:10]
+        assert all(arch in g.evaluated for arch in g.candidates)
+        assert g.evaluated[g.archive[0]] >= best_so_far  # the best never gets lost
+        best_so_far = g.evaluated[g.archive[0]]
+
+
+def test_constraint_is_checked_before_scoring():
+    # TARGET sums to 23; allow at most 15, so the unconstrained optimum is forbidden.
+    checked = []
+
+    def small(arch):
+        checked.append(arch)
+        return sum(arch) <= 15
+
+    fitness = Recorder()
+    result = evolve(CHOICES10, fitness, generations=10, seed=3, constraint=small, **SMALL)
+    assert fitness.scored and all(sum(arch) <= 15 for arch in fitness.scored)
+    assert sum(result.archive[0]) <= 15
+    assert any(sum(arch) > 15 for arch in checked)  # the constraint did reject something
+    assert len(checked) == len(set(checked))  # a rejected arch counts as visited: never checked again
+
+
+def test_repair_is_applied_to_every_candidate():
+    fitness = Recorder()
+    evolve(CHOICES10, fitness, generations=5, seed=4, repair=lambda arch: (0,) + tuple(arch[1:]), **SMALL)
+    assert fitness.scored and all(arch[0] == 0 for arch in fitness.scored)
+
+
+def test_mutation_helper_only_writes_mutation_choices():
+    rng = np.random.default_rng(0)
+    parent = (2,) * 6
+    children = [_mutate(parent, [[1, 3, 4]] * 6, 0.5, rng) for _ in range(500)]
+    genes = np.array(children).ravel()
+    # a gene keeps the parent's 2 or is resampled from [1, 3, 4]: never 0, and 2 survives with prob 1/2
+    assert set(genes.tolist()) == {1, 2, 3, 4}
+    assert abs((genes == 2).mean() - 0.5) < 0.05
+    mother, father = (1,) * 8, (2,) * 8
+    kids = [_crossover(mother, father, rng) for _ in range(200)]
+    assert all(set(kid) <= {1, 2} for kid in kids) and len(set(kids)) > 100
+
+
+def test_mutants_never_introduce_excluded_values():
+    # Mutation only (no crossover, and the 10x tries make a random fill unlikely): a gene equal to 0 in a
+    # later candidate must then be inherited from some parent in the previous archive.
+    def introduced_zeros(mutation_choices):
+        seen: list[Generation] = []
+        evolve(CHOICES10, Recorder(), population=30, topk=10, mutations=30, crossovers=0, generations=10, seed=5,
+               mutation_choices=mutation_choices, on_generation=seen.append)
+        return sum(
+            1
+            for before, after in zip(seen, seen[1:])
+            for arch in after.candidates
+            for g, gene in enumerate(arch)
+            if gene == 0 and not any(parent[g] == 0 for parent in before.archive)
+        )
+
+    assert introduced_zeros([[1, 2, 3, 4]] * 10) == 0
+    assert introduced_zeros(None) > 0  # the check has teeth: with 0 allowed, mutants do write new zeros
+
+
+def test_same_seed_same_result_different_seed_different_trajectory():
+    a = evolve(CHOICES10, Recorder(), generations=5, seed=7, **SMALL)
+    b = evolve(CHOICES10, Recorder(), generations=5, seed=7, **SMALL)
+    c = evolve(CHOICES10, Recorder(), generations=5, seed=8, **SMALL)
+    assert a.archive == b.archive and list(a.evaluated.items()) == list(b.evaluated.items())
+    assert list(a.evaluated) != list(c.evaluated)
+
+
+def test_resume_by_replay_scores_only_what_is_missing():
+    full = evolve(CHOICES10, Recorder(), generations=10, seed=9, **SMALL)
+    interrupted = evolve(CHOICES10, Recorder(), generations=5, seed=9, **SMALL)
+    fitness = Recorder()
+    resumed = evolve(CHOICES10, fitness, generations=10, seed=9, memo=dict(interrupted.evaluated), **SMALL)
+    assert resumed.archive == full.archive and resumed.generations == full.generations
+    assert list(resumed.evaluated.items()) == list(full.evaluated.items())
+    assert set(fitness.scored) == set(full.evaluated) - set(interrupted.evaluated)
+    assert len(fitness.scored) == len(full.evaluated) - len(interrupted.evaluated)
+    assert len(fitness.calls) == 5  # generations 0-4 came entirely from the memo
+
+
+def test_memo_entries_off_the_trajectory_are_not_reported():
+    memo = {(4,) * 10: 10.0}  # a perfect score for an arch this run would never draw
+    result = evolve(CHOICES10, Recorder(), generations=3, seed=9, memo=memo, **SMALL)
+    assert (4,) * 10 not in result.evaluated
+
+
+def test_nb201_defaults_score_exactly_2000():
+    fitness = Recorder(target=(3, 3, 3, 1, 3, 2))
+    checked = []
+    result = evolve([[0, 1, 2, 3, 4]] * 6, fitness, mutation_choices=[[1, 2, 3, 4]] * 6, seed=0,
+                    constraint=lambda arch: checked.append(arch) or True)
+    assert len(result.evaluated) == 2000 and result.generations == 20
+    assert len(checked) == 2000  # no offspring are built (and checked) after the last generation
+    assert [len(call) for call in fitness.calls] == [100] * 20
+    assert len(result.archive) == 30 and result.archive[0] == (3, 3, 3, 1, 3, 2)
+
+
+def test_exhausted_space_stops_early_and_visits_everything():
+    space = set(itertools.product(range(3), repeat=3))  # 27 archs
+    fitness = Recorder(target=(2, 1, 0))
+    result = evolve([[0, 1, 2]] * 3, fitness, population=10, topk=5, mutations=5, crossovers=5, generations=20, seed=0)
+    assert set(result.evaluated) == space and len(fitness.scored) == 27
+    assert result.generations < 20 and result.archive[0] == (2, 1, 0)
+
+
+def test_impossible_constraint_or_tiny_space_raises_promptly():
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="no architecture meets the constraint"):
+        evolve(CHOICES10, Recorder(), constraint=lambda arch: False, seed=0, **SMALL)
+    assert time.perf_counter() - start < 5.0
+    with pytest.raises(ValueError, match="smaller than the population"):
+        evolve([[0, 1]] * 3, Recorder(), population=9, topk=3, mutations=4, crossovers=4)
+
+
+def test_bad_fitness_and_arguments_raise():
+    with pytest.raises(ValueError, match="scores for"):
+        evolve(CHOICES10, lambda archs: [0.0], generations=2, **SMALL)
+    with pytest.raises(ValueError, match="NaN"):
+        evolve(CHOICES10, lambda archs: [float("nan")] * len(archs), generations=2, **SMALL)
+    with pytest.raises(ValueError, match="mutation_choices"):
+        evolve(CHOICES10, Recorder(), mutation_choices=[[1]] * 3, **SMALL)
+
+
+def test_rank_ties_tolerance_and_tie_key():
+    scores = {(3,): 1.0, (1,): 1.0, (2,): 1.0 - 5e-10, (0,): 0.5, (5,): 0.5, (4,): 2.0}
+    assert rank(scores) == [(4,), (1,), (2,), (3,), (0,), (5,)]  # (1,),(2,),(3,) tie within 1e-9
+    assert rank(scores, tol=0.0) == [(4,), (1,), (3,), (2,), (0,), (5,)]  # exact ties only
+    assert rank(scores, tie_key=lambda arch: -arch[0]) == [(4,), (3,), (2,), (1,), (5,), (0,)]
+    # a group is measured from its FIRST score: 1.0 and 0.9 tie (tol 0.15), 0.8 starts a new group
+    chain = {(9,): 1.0, (1,): 0.9, (0,): 0.8}
+    assert rank(chain, tol=0.15) == [(1,), (9,), (0,)]
+    assert tie_group(rank(chain, tol=0.15), chain, tol=0.15) == [(1,), (9,)]
+    # independent of insertion order
+    for perm in itertools.permutations(scores.items()):
+        assert rank(dict(perm), tol=1e-9) == rank(scores)
+    assert tie_group(rank(scores), scores) == [(4,)]
+    ordered = rank(scores, tol=1.2)
+    assert ordered[:4] == [(1,), (2,), (3,), (4,)]  # 2.0 and the three 1.0s tie; 0.5 is 1.5 below the top
+    assert tie_group(ordered, scores, tol=1.2) == ordered[:4]
+    assert tie_group([], {}) == []
+    with pytest.raises(ValueError, match="NaN"):
+        rank({(0,): float("nan"), (1,): 1.0})

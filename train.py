@@ -1,0 +1,285 @@
+"""
+Stage 1 of RLNAS: train the weight-sharing supernet on random labels with single-path sampling.
+
+Every step draws one architecture uniformly (SPOS) and trains only its ops on a batch whose
+labels were drawn at random once, before training. The initial weights W0 are saved before the
+first update (supernet_init.pt) and the trained weights Wt after every epoch (supernet.pt);
+search.py compares the two.
+
+Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
+arXiv:2101.11834, the supernet-training step with random labels (SPOS sampling of Guo et al.,
+ECCV 2020). Settings: SPEC.md 3 (NB201 column); sampling: SPEC.md 2.1; pitfalls 1, 3, 4, 10.
+
+    python train.py --space nb201                                 # CIFAR-10, paper settings (250 epochs)
+    python train.py --dataset folder --data ~/data/cifar10 --subset 10000 --epochs 10   # a CPU recipe
+    python train.py --dataset fake --epochs 1 --channels 4 --layers 1                   # a smoke run
+    python train.py --resume --out runs/<run>                     # continue exactly where it stopped
+    torchrun --standalone --nproc_per_node=8 train.py --space nb201           # one node, 8 GPUs
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+import random_labels
+from common import UsageError, print0
+from data import DATASETS, DataError, Relabeled, epoch_seed, load_dataset, make_loader, split_indices, subset_indices
+from supernet import Supernet, sample_path
+
+# ----------------------------------------------------------------------------------------------
+# Config: one flag per line; the defaults are the paper's NB201 settings (SPEC 3).
+p = common.Parser(description="Train an RLNAS supernet on random labels (stage 1).")
+p.add_argument("--space", default="nb201", choices=["nb201"], help="search space (default nb201)")
+p.add_argument("--channels", type=common.number(int), default=16, help="C, channels of the first stage (16)")
+p.add_argument("--layers", type=common.number(int), default=5, help="N, searchable cells per stage (5)")
+p.add_argument("--sampling", default="per-cell", choices=["per-cell", "shared"],
+               help="per-cell: each cell samples its own sub-cell, as the official code (default); shared: one genotype for all cells")
+# data
+p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="training data (default cifar10)")
+p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
+p.add_argument("--image-size", type=common.number(int), default=None, help="image side for folder/fake data (default 32)")
+p.add_argument("--split", default="auto", choices=["auto", "half", "full"],
+               help="half: a seeded 25k/25k split of the training set, as the official NB201 CIFAR-10 run; auto = half for nb201+cifar10")
+p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
+p.add_argument("--data-seed", type=int, default=0, help="seed of the half split and of --subset (default 0)")
+p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
+p.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (default 2)")
+# labels
+p.add_argument("--labels", default="random", choices=["random", "true"], help="random (RLNAS) or true (the SPOS baseline)")
+p.add_argument("--label-seed", type=int, default=0, help="seed of the random-label draw, and nothing else (default 0)")
+p.add_argument("--label-classes", type=common.number(int, 0), default=0, help="K for random labels (0 = the dataset's class count)")
+# optimisation (SPEC 3, NB201 column)
+p.add_argument("--epochs", type=common.number(int), default=250, help="training epochs (250)")
+p.add_argument("--batch-size", type=common.number(int), default=64, help="batch size per process (64)")
+p.add_argument("--lr", type=common.number(float, 0), default=0.025, help="initial learning rate (0.025)")
+p.add_argument("--lr-min", type=common.number(float, 0), default=0.001, help="final learning rate of the cosine schedule (0.001)")
+p.add_argument("--momentum", type=common.number(float, 0), default=0.9, help="SGD momentum (0.9)")
+p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum (on)")
+p.add_argument("--wd", type=common.number(float, 0), default=5e-4, help="weight decay on all parameters (5e-4)")
+p.add_argument("--grad-clip", type=common.number(float, 0), default=0.0, help="clip the gradient norm (0 = off, as NB201)")
+p.add_argument("--unsampled", default="decay", choices=["decay", "frozen"],
+               help="ops off the sampled path: decay = keep weight decay and momentum once sampled (official, default); frozen = untouched")
+p.add_argument("--seed", type=int, default=0, help="seed of the weight init, the path sampler and the data order (default 0)")
+# run
+p.add_argument("--out", default=None, help="run directory (default runs/<space>-<dataset>-<labels>-s<seed>-l<label-seed>)")
+p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+p.add_argument("--log-every", type=common.number(int), default=50, help="print a progress line every N steps (50)")
+p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
+p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)")
+p.add_argument("--dist-timeout", type=common.number(float), default=30.0, help="minutes before DDP gives up on a dead rank (30)")
+
+# flags that only say how to run, not what the run is: a resumed run may change them
+RUN_FLAGS = {"out", "resume", "force", "log_every", "device", "backend", "dist_timeout", "workers", "data"}
+
+
+def lr_at(epoch: int, args) -> float:
+    # cosine annealing per epoch, no warm-up (SPEC 3): lr_e = lr_min + (lr - lr_min) * (1 + cos(pi * e / E)) / 2
+    return args.lr_min + (args.lr - args.lr_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
+
+
+def train_step(model, optimizer, x, y, path, unsampled: str = "decay", grad_clip: float = 0.0):
+    """One SPOS step on one sampled path; returns (loss, logits (B, K))."""
+    logits = model(x, path)  # (B, K): only the ops on `path` run, so only they get a gradient
+    loss = F.cross_entropy(logits, y)
+    # What happens to ops off the path is a choice that changes Wt, hence the angle:
+    # decay (official): zero_grad(set_to_none=False) keeps the zero gradient tensors of ops sampled earlier, so SGD
+    #   still applies weight decay and momentum to them. PyTorch 1.4, which produced the paper's numbers, did this.
+    # frozen: their gradients are None and SGD skips them entirely; an op changes only on steps that sample it.
+    optimizer.zero_grad(set_to_none=unsampled == "frozen")
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([q for g in optimizer.param_groups for q in g["params"]], grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
+def main():
+    args = p.parse_args()
+    if args.out is None:
+        args.out = os.path.join("runs", f"{args.space}-{args.dataset}-{args.labels}-s{args.seed}-l{args.label_seed}")
+    if args.labels == "true" and args.label_classes:
+        raise UsageError("--label-classes applies to random labels only; drop it with --labels true")
+
+    # ------------------------------------------------------------------------------------------
+    # BOILERPLATE: devices, torchrun, run directory, resume.
+    d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
+    ckpt_path = os.path.join(args.out, "supernet.pt")
+    log_path = os.path.join(args.out, "log.jsonl")
+    init_path = os.path.join(args.out, "supernet_init.pt")
+    ckpt = None
+    if args.resume:
+        common.prepare_run_dir(args.out, True, False, "supernet.pt")
+        ckpt = common.load_checkpoint(ckpt_path, "supernet checkpoint")
+        if ckpt.get("stage") != "train" or "config" not in ckpt:
+            raise UsageError(f"{ckpt_path} is not a train.py checkpoint; resume a directory written by train.py")
+        defaults = vars(p.parse_args([]))
+        for key, saved in ckpt["config"].items():
+            if key in RUN_FLAGS or key not in defaults:
+                continue
+            now = getattr(args, key)
+            if now != defaults[key] and now != saved:  # given explicitly and different from the run's own value
+                raise UsageError(f"--{key.replace('_', '-')} {now} differs from the run being resumed ({saved}); "
+                                 "drop the flag or start a new run with --out")
+            setattr(args, key, saved)
+    else:
+        if d.master:
+            common.prepare_run_dir(args.out, False, args.force, "supernet.pt")
+        elif os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+            raise UsageError(f"run directory {args.out} already exists")
+    if d.ddp:
+        torch.distributed.barrier()
+
+    # ------------------------------------------------------------------------------------------
+    # Data and labels.
+    base = load_dataset(args.dataset, args.data, "train", augment=True, image_size=args.image_size,
+                        fake_images=args.fake_images, fake_seed=args.data_seed)
+    n_full = len(base)
+    half = args.split == "half" or (args.split == "auto" and args.space == "nb201" and args.dataset == "cifar10")
+    indices = split_indices(n_full, args.data_seed)[0] if half else torch.arange(n_full)  # the 25k "train" half (SPEC 1)
+    indices = subset_indices(indices, args.subset, args.data_seed)
+    if args.labels == "random":
+        num_classes = args.label_classes or base.num_classes
+        # RLNAS: one label per image of the FULL training set, uniform over K, drawn once and fixed (SPEC 1)
+        labels = random_labels.random_labels(n_full, num_classes, args.label_seed)  # (N_full,)
+        record = random_labels.label_record(labels, "random", args.label_seed, num_classes)
+    else:
+        num_classes = base.num_classes
+        labels = base.targets.long()  # (N_full,) the real labels: the SPOS baseline of Table 1 (A, B)
+        record = random_labels.label_record(labels, "true", None, num_classes)
+    record["indices_sha256"] = random_labels.checksum(indices)  # which images are trained on
+    if ckpt is not None:
+        saved = dict(ckpt["labels"])
+        random_labels.check_same_labels(saved, record)
+        if saved.get("indices_sha256") != record["indices_sha256"]:
+            raise UsageError("the resumed run would train on other images (split/subset changed); use the run's own settings")
+    train_set = Relabeled(base, indices, labels)
+
+    # ------------------------------------------------------------------------------------------
+    # Model, W0, optimizer. The only global seeding call: the weight init (PyTorch defaults, pitfall 2).
+    torch.manual_seed(args.seed)
+    raw_model = Supernet(args.channels, args.layers, num_classes).to(d.device)
+    model = raw_model
+    if d.ddp:
+        # Rule B: a single-path step leaves most parameters unused; DDP must be told, or it waits for their
+        # gradients forever. All ranks train the same path, so "unused" is the same set everywhere, and DDP
+        # leaves those gradients untouched (None stays None, zeros stay zeros) like a single process would.
+        # DDP also broadcasts rank 0's initial weights, so W0 is the same on every rank.
+        model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None, find_unused_parameters=True)
+    optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr, momentum=args.momentum,
+                                nesterov=args.nesterov and args.momentum > 0, weight_decay=args.wd)
+    path_gen = torch.Generator().manual_seed(args.seed)  # Rule A: same seed on every rank -> same paths
+    start_epoch, step = 0, 0
+    if ckpt is None:
+        # RLNAS: W0 is written before the first optimizer step and never again (pitfall 1).
+        w0 = {k: v.detach().cpu().clone() for k, v in raw_model.state_dict().items()}
+        w0_fp = common.state_fingerprint(w0)
+        if d.master:
+            common.atomic_save({"stage": "init", "model": w0, "supernet_args": raw_model.args, "fingerprint": w0_fp}, init_path)
+            config = {**vars(args), "git_commit": common.git_commit(), "world_size": d.world_size}
+            common.atomic_write_json(config, os.path.join(args.out, "config.json"))
+    else:
+        if ckpt["supernet_args"] != raw_model.args:
+            raise UsageError(f"{ckpt_path} holds a supernet {ckpt['supernet_args']}, not {raw_model.args}")
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        path_gen.set_state(ckpt["rng"]["path"])
+        start_epoch, step, w0_fp = ckpt["epoch"], ckpt["step"], ckpt["w0"]["fingerprint"]
+        init = common.load_checkpoint(init_path, "initial weights")
+        if init.get("fingerprint") != w0_fp:
+            raise UsageError(f"{init_path} is not the W0 of this run (fingerprint differs); restore the run's own file")
+        # With the official semantics, an op once sampled holds a zero gradient tensor forever and keeps
+        # getting weight decay and momentum; restore exactly which parameters hold one.
+        params = dict(raw_model.named_parameters())
+        for name in ckpt["grad_holders"]:
+            params[name].grad = torch.zeros_like(params[name])
+        if d.master and os.path.exists(log_path):  # drop log lines of an epoch the crash lost: it is redone
+            with open(log_path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= start_epoch]
+            with open(log_path, "w") as f:
+                f.writelines(kept)
+        print0(f"resumed {ckpt_path} at epoch {start_epoch}, step {step}")
+    if start_epoch >= args.epochs:
+        print0(f"{args.out} already finished {start_epoch} epochs; nothing to do")
+
+    # ------------------------------------------------------------------------------------------
+    # Training loop.
+    num_cells = len(raw_model.searchable)
+    print0(f"{args.space} supernet C={args.channels} N={args.layers} K={num_classes} | {sum(q.numel() for q in raw_model.parameters()):,} "
+           f"parameters | {len(train_set):,} images, {args.labels} labels | {args.epochs} epochs | {d.device} x{d.world_size}")
+    t_run, steps_run = time.time(), 0
+    for epoch in range(start_epoch, args.epochs):
+        lr = lr_at(epoch, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # augmentation draws: replayable on resume
+        loader = make_loader(train_set, args.batch_size, train=True, seed=args.seed, epoch=epoch, rank=d.rank,
+                             world_size=d.world_size, num_workers=args.workers, pin_memory=d.device.type == "cuda")
+        model.train()
+        t0 = time.time()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images on this rank
+        for i, (x, y) in enumerate(loader):
+            x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
+            # RLNAS: SPOS step. One path per step, the same on every rank (sampled here, not inside forward).
+            path = sample_path(path_gen, num_cells, share=args.sampling == "shared")
+            loss, logits = train_step(model, optimizer, x, y, path, args.unsampled, args.grad_clip)
+            if not torch.isfinite(loss):
+                sys.exit(f"train.py: error: the loss became {loss.item()} at epoch {epoch} step {i}; lower --lr")
+            totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+            step += 1
+            steps_run += 1
+            if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
+                rate = totals[2].item() * d.world_size / (time.time() - t0)
+                left = (args.epochs - epoch) * len(loader) - (i + 1)
+                eta = left * (time.time() - t_run) / steps_run
+                print0(f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
+                       f"acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | ETA {common.format_time(eta)}")
+        ranks = None
+        if d.ddp:
+            totals = totals.to(d.device)
+            torch.distributed.all_reduce(totals)
+            totals = totals.cpu()
+            # Check what must agree across ranks (pitfalls 3-4): the labels and the weights. A desync here would
+            # otherwise go unnoticed and silently corrupt Wt. (BN running stats may differ: the angle never uses them.)
+            mine = [record["sha256"], common.state_fingerprint(dict(raw_model.named_parameters()))]
+            ranks = [None] * d.world_size
+            torch.distributed.all_gather_object(ranks, mine)
+            if any(r != mine for r in ranks):
+                raise RuntimeError(f"DDP ranks disagree after epoch {epoch + 1} (labels sha256, weights fingerprint): {ranks}")
+        seconds = time.time() - t0
+
+        # --------------------------------------------------------------------------------------
+        # Save: every epoch, atomically, everything that steers the next step (exact resume).
+        if d.master:
+            ckpt = {
+                "stage": "train", "space": args.space, "epoch": epoch + 1, "step": step,
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "supernet_args": raw_model.args, "config": vars(args), "labels": record,
+                "rng": {"path": path_gen.get_state()},
+                "grad_holders": [n for n, q in raw_model.named_parameters() if q.grad is not None],
+                "w0": {"file": "supernet_init.pt", "fingerprint": w0_fp}, "ddp_ranks": ranks,
+            }
+            entry = {"epoch": epoch + 1, "step": step, "loss": totals[0].item() / totals[2].item(),
+                     "acc": 100 * totals[1].item() / totals[2].item(), "lr": lr,
+                     "img_per_s": totals[2].item() / seconds, "seconds": seconds}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            # the log line first, then the checkpoint: a crash in between only repeats this epoch
+            common.atomic_save(ckpt, ckpt_path)
+    print0(f"done: {ckpt_path}\nnext: python search.py --ckpt {ckpt_path}")
+    common.cleanup_distributed(d)
+
+
+if __name__ == "__main__":
+    common.run(main, DataError)
