@@ -105,9 +105,12 @@ def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"refused to load {path}: it holds objects other than tensors and plain types ({first[:120]}); "
-                         "load only checkpoints written by this project") from None
+        refused = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if not refused:  # not a pickle torch can read at all
+            raise UsageError(f"{what} {path} is not a checkpoint file (unreadable pickle); "
+                             "use another checkpoint or rerun the stage that wrote it") from None
+        raise UsageError(f"refused to load {path}: it holds objects other than tensors and plain types "
+                         f"({refused[0][:100]}); load only checkpoints written by this project") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise UsageError(f"{what} {path} is truncated or corrupt ({type(err).__name__}); "
                          "use another checkpoint or rerun the stage that wrote it") from None
@@ -123,21 +126,23 @@ def state_fingerprint(state: dict) -> str:
         t = state[name].detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
-def prepare_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
-    """Create the run directory; never overwrite an existing run unless --force was given."""
-    exists = os.path.isdir(out) and bool(os.listdir(out))
+def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
+    """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk."""
     if resume:
         if not os.path.isfile(os.path.join(out, marker)):
             raise UsageError(f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run")
-        return
-    if exists and not force:
+    elif os.path.isdir(out) and os.listdir(out) and not force:
         raise UsageError(f"run directory {out} already exists: pass --resume to continue it, "
                          "--force to overwrite it, or --out DIR for a new run")
-    if exists and force:
+
+
+def make_run_dir(out: str, force: bool) -> None:
+    """Create a new run directory (master only); with --force an existing one is removed first."""
+    if force and os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
 

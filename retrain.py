@@ -63,7 +63,7 @@ p.add_argument("--log-every", type=common.number(int), default=50, help="progres
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
 p.add_argument("--dist-timeout", type=common.number(float), default=30.0, help="minutes before DDP gives up on a dead rank")
-RUN_FLAGS = {"out", "resume", "force", "log_every", "device", "backend", "dist_timeout", "workers", "data", "eval_every"}
+RUN_FLAGS = {"out", "resume", "force", "log_every", "device", "backend", "dist_timeout", "data", "eval_every"}
 
 
 def resolve_arch(args) -> tuple:
@@ -115,8 +115,8 @@ def main():
     d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
     ckpt_path, log_path = os.path.join(args.out, "retrain.pt"), os.path.join(args.out, "log.jsonl")
     ckpt = None
+    common.check_run_dir(args.out, args.resume, args.force, "retrain.pt")
     if args.resume:
-        common.prepare_run_dir(args.out, True, False, "retrain.pt")
         ckpt = common.load_checkpoint(ckpt_path, "retrain checkpoint")
         if ckpt.get("stage") != "retrain":
             raise UsageError(f"{ckpt_path} is not a retrain.py checkpoint")
@@ -125,10 +125,6 @@ def main():
         for key, saved in ckpt["config"].items():
             if key not in RUN_FLAGS and key not in ("arch", "ckpt_search"):
                 setattr(args, key, saved)
-    elif d.master:
-        common.prepare_run_dir(args.out, False, args.force, "retrain.pt")
-    if d.ddp:
-        torch.distributed.barrier()
 
     # ------------------------------------------------------------------------------------------
     # Data: real labels, standard augmentation on train, none on test.
@@ -138,6 +134,10 @@ def main():
                             fake_images=args.fake_images, fake_seed=args.data_seed)
     indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)
     train_set = Relabeled(base, indices, base.targets.long())
+    if not args.resume and d.master:
+        common.make_run_dir(args.out, args.force)
+    if d.ddp:
+        torch.distributed.barrier()
     test_loader = make_loader(test_set, args.batch_size, train=False, seed=args.seed, epoch=0, rank=d.rank,
                               world_size=d.world_size, num_workers=args.workers)
 

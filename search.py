@@ -21,6 +21,7 @@ The search is single-process and needs no GPU (SPEC 8, pitfall 13); there is no 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -66,18 +67,20 @@ def tie_key(arch):
 def load_supernet_pair(path: str, w0_path: str | None):
     """(W0 state, Wt state, supernet args) from a train.py checkpoint, checked against each other."""
     ckpt = common.load_checkpoint(path, "supernet checkpoint")
-    if ckpt.get("stage") != "train" or "model" not in ckpt or "supernet_args" not in ckpt:
+    if ckpt.get("stage") != "train" or not {"model", "supernet_args", "w0", "epoch"} <= set(ckpt):
         raise UsageError(f"{path} is not a supernet checkpoint written by train.py")
     args = dict(ckpt["supernet_args"])
+    if not {"space", "channels", "layers", "num_classes"} <= set(args):
+        raise UsageError(f"{path} does not describe its supernet (supernet_args {args}); the file is damaged or edited")
     if args.get("space") != "nb201":
         raise UsageError(f"{path} is a {args.get('space')!r} supernet; this search knows nb201")
     with torch.device("meta"):
-        expected = set(Supernet(args["channels"], args["layers"], args["num_classes"]).state_dict())
-    if set(ckpt["model"]) != expected:
+        expected = {k: tuple(v.shape) for k, v in Supernet(args["channels"], args["layers"], args["num_classes"]).state_dict().items()}
+    if {k: tuple(v.shape) for k, v in ckpt["model"].items()} != expected:
         raise UsageError(f"{path} does not hold the weights of the supernet it describes {args}; the file is damaged or edited")
     w0_path = w0_path or os.path.join(os.path.dirname(path), ckpt["w0"]["file"])
     init = common.load_checkpoint(w0_path, "initial weights (W0)")
-    if "model" not in init or set(init["model"]) != expected:
+    if "model" not in init or {k: tuple(v.shape) for k, v in init["model"].items()} != expected:
         raise UsageError(f"{w0_path} is not the initial weights of a supernet of the same shape {args}")
     if common.state_fingerprint(init["model"]) != ckpt["w0"]["fingerprint"]:
         raise UsageError(f"{w0_path} is not the W0 of {path} (fingerprint differs): the angle needs the run's own initial weights")
@@ -86,7 +89,8 @@ def load_supernet_pair(path: str, w0_path: str | None):
 
 def main():
     args = p.parse_args()
-    out = args.out or os.path.join(os.path.dirname(args.ckpt) or ".", "search.json")
+    stem = os.path.splitext(os.path.basename(args.ckpt))[0]  # supernet.pt -> search.json, supernet_ep10.pt -> search_supernet_ep10.json
+    out = args.out or os.path.join(os.path.dirname(args.ckpt) or ".", "search.json" if stem == "supernet" else f"search_{stem}.json")
     t_start = time.time()
     w0, wt, net_args, ckpt = load_supernet_pair(args.ckpt, args.w0)
     bench = None
@@ -192,8 +196,6 @@ def write_state(out, state, scores, archive, generations_done, done, winner=None
 
 def load_previous(out: str, settings: dict, ident: dict) -> dict:
     """The angles an interrupted search already computed, after checking it is the same search."""
-    import json
-
     if not os.path.isfile(out):
         raise UsageError(f"nothing to resume: {out} does not exist; drop --resume")
     try:

@@ -75,13 +75,17 @@ p.add_argument("--seed", type=int, default=0, help="seed of the weight init, the
 p.add_argument("--out", default=None, help="run directory (default runs/<space>-<dataset>-<labels>-s<seed>-l<label-seed>)")
 p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+p.add_argument("--keep-every", type=common.number(int, 0), default=0,
+               help="also keep a full snapshot supernet_ep<E>.pt every E epochs, e.g. for angle-vs-epoch studies (0 = off)")
 p.add_argument("--log-every", type=common.number(int), default=50, help="print a progress line every N steps (50)")
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)")
 p.add_argument("--dist-timeout", type=common.number(float), default=30.0, help="minutes before DDP gives up on a dead rank (30)")
 
+CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "step", "rng", "grad_holders", "w0", "labels", "supernet_args"}
 # flags that only say how to run, not what the run is: a resumed run may change them
-RUN_FLAGS = {"out", "resume", "force", "log_every", "device", "backend", "dist_timeout", "workers", "data"}
+RUN_FLAGS = {"out", "resume", "force", "log_every", "keep_every", "device", "backend", "dist_timeout", "data"}
+# (--workers is not among them: with workers the crops come from per-worker RNG streams, so it is part of the run)
 
 
 def lr_at(epoch: int, args) -> float:
@@ -119,11 +123,13 @@ def main():
     log_path = os.path.join(args.out, "log.jsonl")
     init_path = os.path.join(args.out, "supernet_init.pt")
     ckpt = None
+    common.check_run_dir(args.out, args.resume, args.force, "supernet.pt")  # on every rank: all fail alike
     if args.resume:
-        common.prepare_run_dir(args.out, True, False, "supernet.pt")
         ckpt = common.load_checkpoint(ckpt_path, "supernet checkpoint")
-        if ckpt.get("stage") != "train" or "config" not in ckpt:
-            raise UsageError(f"{ckpt_path} is not a train.py checkpoint; resume a directory written by train.py")
+        missing = CKPT_KEYS - set(ckpt)
+        if ckpt.get("stage") != "train" or missing:
+            raise UsageError(f"{ckpt_path} is not a complete train.py checkpoint (missing {sorted(missing)}); "
+                             "resume a directory written by train.py")
         defaults = vars(p.parse_args([]))
         for key, saved in ckpt["config"].items():
             if key in RUN_FLAGS or key not in defaults:
@@ -133,13 +139,6 @@ def main():
                 raise UsageError(f"--{key.replace('_', '-')} {now} differs from the run being resumed ({saved}); "
                                  "drop the flag or start a new run with --out")
             setattr(args, key, saved)
-    else:
-        if d.master:
-            common.prepare_run_dir(args.out, False, args.force, "supernet.pt")
-        elif os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
-            raise UsageError(f"run directory {args.out} already exists")
-    if d.ddp:
-        torch.distributed.barrier()
 
     # ------------------------------------------------------------------------------------------
     # Data and labels.
@@ -161,10 +160,17 @@ def main():
     record["indices_sha256"] = random_labels.checksum(indices)  # which images are trained on
     if ckpt is not None:
         saved = dict(ckpt["labels"])
-        random_labels.check_same_labels(saved, record)
+        try:
+            random_labels.check_same_labels(saved, record)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         if saved.get("indices_sha256") != record["indices_sha256"]:
             raise UsageError("the resumed run would train on other images (split/subset changed); use the run's own settings")
     train_set = Relabeled(base, indices, labels)
+    if not args.resume and d.master:
+        common.make_run_dir(args.out, args.force)  # only now: a bad flag or missing data leaves nothing behind
+    if d.ddp:
+        torch.distributed.barrier()
 
     # ------------------------------------------------------------------------------------------
     # Model, W0, optimizer. The only global seeding call: the weight init (PyTorch defaults, pitfall 2).
@@ -277,6 +283,8 @@ def main():
                 f.write(json.dumps(entry) + "\n")
             # the log line first, then the checkpoint: a crash in between only repeats this epoch
             common.atomic_save(ckpt, ckpt_path)
+            if args.keep_every and (epoch + 1) % args.keep_every == 0:
+                common.atomic_save(ckpt, os.path.join(args.out, f"supernet_ep{epoch + 1}.pt"))  # resumable, searchable
     print0(f"done: {ckpt_path}\nnext: python search.py --ckpt {ckpt_path}")
     common.cleanup_distributed(d)
 

@@ -1,0 +1,174 @@
+"""Smoke tests of the real scripts (subprocess): train -> search -> retrain on fake data, exact resume, torchrun."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import supernet as S
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset", "fake", "--fake-images", "96", "--image-size", "8", "--channels", "4", "--layers", "1",
+        "--batch-size", "32", "--workers", "0", "--log-every", "1"]
+
+
+def run(script, *args, check=True, cwd=None, launcher=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, script), *map(str, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{script} {args} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_fake_benchmark(path):
+    # a synthetic benchmark in the NB201 CSV format: accuracy grows with the parameter proxy 9*#3x3 + #1x1
+    with open(path, "w") as f:
+        f.write("CIFAR10TestAccuracy200Epochs,CIFAR100TestAccuracy200Epochs,ImageNetTestAccuracy200Epochs,ArchitectureString\n")
+        for a in S.all_archs():
+            proxy = 9 * a.count(3) + a.count(2)
+            f.write(f"{80 + proxy / 6:.3f},{50 + proxy / 5:.3f},{20 + proxy / 4:.3f},{S.arch_to_str(a)}\n")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny supernet run, shared by several tests: 3 epochs with a snapshot every epoch."""
+    out = tmp_path_factory.mktemp("runs") / "sn"
+    res = run("train.py", *TINY, "--epochs", 3, "--keep-every", 1, "--out", out)
+    return out, res.stdout
+
+
+def test_train_writes_a_complete_run(trained):
+    out, stdout = trained
+    assert {"config.json", "log.jsonl", "supernet_init.pt", "supernet.pt", "supernet_ep1.pt"} <= set(os.listdir(out))
+    assert "img/s" in stdout and "ETA" in stdout
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    assert {"loss", "acc", "lr", "img_per_s", "seconds"} <= set(log[0])
+    assert log[0]["lr"] > log[2]["lr"]  # cosine schedule
+    ckpt, init = load(out / "supernet.pt"), load(out / "supernet_init.pt")
+    assert ckpt["epoch"] == 3 and ckpt["labels"]["count"] == 96 and ckpt["labels"]["kind"] == "random"
+    # W0 was saved before the first step and differs from Wt; its fingerprint is recorded in the checkpoint
+    assert not torch.equal(init["model"]["stem.0.weight"], ckpt["model"]["stem.0.weight"])
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    torch.manual_seed(json.load(open(out / "config.json"))["seed"])
+    fresh = S.Supernet(4, 1, 10).state_dict()
+    assert all(torch.equal(fresh[k], init["model"][k]) for k in fresh)  # W0 is exactly the seeded init
+
+
+def test_search_evolution_and_benchmark(trained, tmp_path):
+    out, _ = trained
+    bench = tmp_path / "bench.csv"
+    write_fake_benchmark(bench)
+    res = run("search.py", "--ckpt", out / "supernet.pt", "--benchmark", bench, "--out", tmp_path / "s.json")
+    result = json.load(open(tmp_path / "s.json"))
+    assert len(result["evaluated"]) == 2000 and result["done"] and result["generations_done"] == 20
+    assert len({a for a, _ in result["evaluated"]}) == 2000
+    winner = result["winner"]["arch"]
+    assert S.str_to_arch(winner) and winner in res.stdout and "tie group of" in res.stdout
+    assert result["winner"]["angle"] == max(s for _, s in result["evaluated"])
+    assert "Kendall tau-b" in res.stdout and set(result["benchmark"]) == {"cifar10", "cifar100", "imagenet16-120"}
+    assert -1 <= result["benchmark"]["cifar10"]["kendall_tau_b"] <= 1
+    # an existing search.json is never overwritten silently
+    again = run("search.py", "--ckpt", out / "supernet.pt", "--out", tmp_path / "s.json", check=False)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_exhaustive_matches_evolution_winner_when_it_finds_it(trained, tmp_path):
+    out, _ = trained
+    run("search.py", "--ckpt", out / "supernet.pt", "--exhaustive", "--out", tmp_path / "all.json")
+    result = json.load(open(tmp_path / "all.json"))
+    scores = dict(result["evaluated"])
+    assert len(scores) == 15625 and result["winner"]["angle"] == max(scores.values())
+    assert scores[S.arch_to_str((0,) * 6)] == 0.0  # disconnected cell
+
+
+def test_search_resume_replays_the_same_trajectory(trained, tmp_path):
+    out, _ = trained
+    flags = ["--ckpt", out / "supernet.pt", "--generations", 5, "--seed", 3]
+    run("search.py", *flags, "--out", tmp_path / "full.json")
+    full = json.load(open(tmp_path / "full.json"))
+    partial = dict(full, evaluated=full["evaluated"][:230], done=False, generations_done=2)  # as if killed in gen 3
+    json.dump(partial, open(tmp_path / "part.json", "w"))
+    res = run("search.py", *flags, "--out", tmp_path / "part.json", "--resume")
+    resumed = json.load(open(tmp_path / "part.json"))
+    assert resumed["evaluated"] == full["evaluated"] and resumed["winner"] == full["winner"]
+    assert "230 taken from the interrupted run" in res.stdout
+
+
+def test_train_resume_is_exact(trained, tmp_path):
+    # rebuild the state of the run after epoch 1 from its snapshot, resume, and compare with the full run
+    out, _ = trained
+    b = tmp_path / "b"
+    b.mkdir()
+    for name in ("supernet_init.pt", "config.json"):
+        shutil.copy(out / name, b / name)
+    shutil.copy(out / "supernet_ep1.pt", b / "supernet.pt")
+    with open(out / "log.jsonl") as f, open(b / "log.jsonl", "w") as g:
+        g.write(f.readline())
+    res = run("train.py", "--resume", "--out", b)
+    assert "resumed" in res.stdout
+    full, resumed = load(out / "supernet.pt"), load(b / "supernet.pt")
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], resumed["model"][k]), k
+    for i, st in full["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], resumed["optimizer"]["state"][i]["momentum_buffer"])
+    assert torch.equal(full["rng"]["path"], resumed["rng"]["path"]) and full["grad_holders"] == resumed["grad_holders"]
+    losses = lambda p: [json.loads(line)["loss"] for line in open(p)]  # noqa: E731
+    assert losses(out / "log.jsonl") == losses(b / "log.jsonl")
+    assert torch.equal(load(out / "supernet_init.pt")["model"]["stem.0.weight"], load(b / "supernet_init.pt")["model"]["stem.0.weight"])
+
+
+def test_retrain_from_search_json(trained, tmp_path):
+    out, _ = trained
+    run("search.py", "--ckpt", out / "supernet.pt", "--generations", 2, "--out", tmp_path / "s.json")
+    res = run("retrain.py", "--ckpt-search", tmp_path / "s.json", *TINY, "--epochs", 2, "--out", tmp_path / "re")
+    assert "test top-1" in res.stdout and "parameters" in res.stdout
+    ckpt = load(tmp_path / "re" / "retrain.pt")
+    assert ckpt["epoch"] == 2 and 0 <= ckpt["test_top1"] <= 100 and ckpt["test_top1"] <= ckpt["test_top5"]
+    assert ckpt["arch"] == json.load(open(tmp_path / "s.json"))["winner"]["arch"]
+    res = run("retrain.py", "--ckpt-search", tmp_path / "s.json", "--resume", "--out", tmp_path / "re")
+    assert "resumed" in res.stdout
+
+
+def test_unsampled_ops_decay_or_stay_frozen():
+    # ops sampled once keep receiving weight decay and momentum with 'decay' (official); with 'frozen' they do not move
+    import train
+
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    first, second = [(3,) * 6], [(2,) * 6]  # step 1 trains the 3x3 convs, step 2 only the 1x1 convs
+    moved = {}
+    for mode in ("decay", "frozen"):
+        torch.manual_seed(0)
+        net = S.Supernet(4, 1, 5)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        conv3 = net.cells[0].edges["1<-0"][3].op[1].weight
+        conv1 = net.cells[0].edges["1<-0"][2].op[1].weight
+        conv1_init = conv1.detach().clone()
+        train.train_step(net, opt, x, y, first * 3, mode)
+        assert torch.equal(conv1, conv1_init) and conv1.grad is None  # never sampled yet: untouched in both modes
+        after_first = conv3.detach().clone()
+        train.train_step(net, opt, x, y, second * 3, mode)
+        moved[mode] = (conv3 - after_first).abs().max().item()
+        assert (conv3.grad is None) == (mode == "frozen")
+    assert moved["decay"] > 1e-4  # momentum + decay keep moving the unsampled 3x3 conv
+    assert moved["frozen"] == 0.0
+
+
+def test_torchrun_two_ranks_agree(tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = tmp_path / "ddp"
+    res = run("train.py", *TINY, "--epochs", 2, "--device", "cpu", "--backend", "gloo", "--out", out, launcher=launcher)
+    ckpt = load(out / "supernet.pt")
+    assert os.path.exists(out / "supernet_init.pt")
+    ranks = ckpt["ddp_ranks"]  # [labels sha256, weights fingerprint] gathered from every rank after the last epoch
+    assert len(ranks) == 2 and ranks[0] == ranks[1] and ranks[0][0] == ckpt["labels"]["sha256"]
+    assert res.stdout.count("done:") == 1  # only rank 0 prints
