@@ -127,7 +127,8 @@ def main():
             line = (f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.0f} archs/s | "
                     f"ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {arch_to_str(best)}")
             if bench is not None and len(gen.evaluated) > 1:
-                line += f" | tau(c10) {bench.tau(gen.evaluated, first_column(bench)):+.3f}"
+                col = next(iter(bench.acc))
+                line += f" | tau({col}) {bench.tau(gen.evaluated, col):+.3f}"
             print(line)
             write_state(out, state, gen.evaluated, gen.archive, gen.index + 1, done=False)
 
@@ -161,10 +162,6 @@ def main():
     write_state(out, state, scores, ordered[: max(args.topk, args.top)], args.generations if not args.exhaustive else 1,
                 done=True, winner=winner, group=group)
     print(f"wrote {out} ({time.time() - t_start:.2f}s in all)")
-
-
-def first_column(bench):
-    return next(iter(bench.acc))
 
 
 def benchmark_report(bench, winner, group, scores) -> dict:

@@ -198,9 +198,15 @@ def main():
     else:
         if ckpt["supernet_args"] != raw_model.args:
             raise UsageError(f"{ckpt_path} holds a supernet {ckpt['supernet_args']}, not {raw_model.args}")
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        path_gen.set_state(ckpt["rng"]["path"])
+        try:
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            path_gen.set_state(ckpt["rng"]["path"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"{ckpt_path} does not fit the supernet it describes ({str(err).splitlines()[0][:120]})") from None
+        if ckpt.get("world_size", 1) != d.world_size:
+            print0(f"warning: the run used {ckpt.get('world_size', 1)} processes, now {d.world_size}: "
+                   "the data shards differ, so the resumed run is not bit-identical to an uninterrupted one")
         start_epoch, step, w0_fp = ckpt["epoch"], ckpt["step"], ckpt["w0"]["fingerprint"]
         init = common.load_checkpoint(init_path, "initial weights")
         if init.get("fingerprint") != w0_fp:
@@ -269,7 +275,7 @@ def main():
         # Save: every epoch, atomically, everything that steers the next step (exact resume).
         if d.master:
             ckpt = {
-                "stage": "train", "space": args.space, "epoch": epoch + 1, "step": step,
+                "stage": "train", "space": args.space, "epoch": epoch + 1, "step": step, "world_size": d.world_size,
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "supernet_args": raw_model.args, "config": vars(args), "labels": record,
                 "rng": {"path": path_gen.get_state()},
