@@ -355,9 +355,13 @@ def make_loader(
       - num_workers == 0: the main process's global RNG. The caller (train.py) must reseed it at the start of each
         epoch, e.g. torch.manual_seed(epoch_seed(seed, epoch, rank)), for a resumed run to replay the augmentations.
     """
-    if world_size > 1:
+    if world_size > 1 and not train:
+        # Test under DDP: rank r reads images r, r + W, r + 2W, ... with no padding, so the summed counts of all
+        # ranks cover every test image exactly once (DistributedSampler would repeat a few to even out the shards).
+        sampler = range(rank, len(dataset), world_size)
+    elif world_size > 1:
         # Same permutation on every rank (seed + epoch inside the sampler), rank r takes every world_size-th index.
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
     elif train:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))

@@ -194,6 +194,10 @@ def main():
                 eta = ((args.epochs - epoch) * len(loader) - i - 1) * (time.time() - t_run) / steps_run
                 print0(f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
                        f"train acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | ETA {common.format_time(eta)}")
+        if d.ddp:  # the epoch's loss and accuracy over all ranks
+            totals = totals.to(d.device)
+            torch.distributed.all_reduce(totals)
+            totals = totals.cpu()
         entry = {"epoch": epoch + 1, "loss": (totals[0] / totals[2]).item(), "train_acc": (100 * totals[1] / totals[2]).item(),
                  "lr": lr, "seconds": time.time() - t0}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
@@ -208,7 +212,7 @@ def main():
                                ckpt_path)
     if top1 is None and ckpt is not None:
         top1, top5 = ckpt.get("test_top1"), ckpt.get("test_top5")
-    print0(f"done: {arch_to_str(arch)} | test top-1 {top1}% | top-5 {top5}% | {ckpt_path}")
+    print0(f"done: {arch_to_str(arch)} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
     common.cleanup_distributed(d)
 
 

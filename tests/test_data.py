@@ -440,3 +440,10 @@ def test_loader_ranks_get_disjoint_shards_of_one_permutation():
     assert shards[0] != order(make_loader(ds, 6, train=True, seed=0, epoch=3, rank=0, world_size=2))
     evals = [order(make_loader(ds, 6, train=False, seed=0, epoch=2, rank=r, world_size=2)) for r in (0, 1)]
     assert evals == [list(range(0, 40, 2)), list(range(1, 40, 2))]
+
+
+def test_test_split_under_ddp_covers_every_image_once():
+    # 41 images over 2 ranks: no padding, so a summed accuracy counts each test image exactly once
+    ds = Indices(41)
+    evals = [order(make_loader(ds, 6, train=False, seed=0, epoch=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(evals[0]) == 21 and len(evals[1]) == 20 and sorted(evals[0] + evals[1]) == list(range(41))

@@ -172,3 +172,12 @@ def test_torchrun_two_ranks_agree(tmp_path):
     ranks = ckpt["ddp_ranks"]  # [labels sha256, weights fingerprint] gathered from every rank after the last epoch
     assert len(ranks) == 2 and ranks[0] == ranks[1] and ranks[0][0] == ckpt["labels"]["sha256"]
     assert res.stdout.count("done:") == 1  # only rank 0 prints
+
+
+def test_torchrun_retrain(tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    res = run("retrain.py", "--arch", arch, *TINY, "--epochs", 1, "--device", "cpu", "--backend", "gloo",
+              "--out", tmp_path / "re", launcher=launcher)
+    assert res.stdout.count("done:") == 1
+    assert load(tmp_path / "re" / "retrain.pt")["epoch"] == 1
