@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -29,12 +30,31 @@ class UsageError(Exception):
 
 
 def run(main, *user_errors: type[Exception]) -> None:
-    """Run a script's main(); turn user mistakes into one line on stderr and exit status 2."""
+    """Run a script's main(); turn user mistakes into one line on stderr and exit status 2.
+
+    Under torchrun, a rank that loses its peers (one crashed, or hangs past --dist-timeout) also ends with one
+    line and status 1 instead of a traceback per rank; the run resumes from its last checkpoint with --resume.
+    """
+    name = os.path.basename(sys.argv[0])
     try:
         main()
     except (UsageError, *user_errors) as err:
-        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except (dist.DistError, RuntimeError) as err:
+        if not (isinstance(err, dist.DistError) or (dist.is_initialized() and _peer_failure(err))):
+            raise  # a bug, not a lost peer: keep the traceback
+        rank = os.environ.get("RANK", "?")
+        print(f"{name}: error: rank {rank} lost contact with the other ranks ({type(err).__name__}: "
+              f"{str(err).strip().splitlines()[0][:150] if str(err).strip() else ''}); "
+              "restart the same command with --resume to continue from the last checkpoint", file=sys.stderr)
+        sys.exit(1)
+
+
+def _peer_failure(err: Exception) -> bool:
+    """Does this error mean another rank died or hung (gloo/NCCL connection closed, collective timed out)?"""
+    text = str(err).lower()
+    return any(w in text for w in ("connection closed", "connection reset", "timed out", "timeout", "nccl", "broken pipe"))
 
 
 class Parser(argparse.ArgumentParser):
@@ -190,6 +210,12 @@ def setup_distributed(device: str, backend: str, timeout_minutes: float) -> Dist
         torch.cuda.set_device(dev)
     # a timeout, so that when one rank dies the others fail with an error instead of waiting forever
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+
+    def on_sigterm(signum, frame):  # torchrun stops the surviving ranks with SIGTERM when one of them fails
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: rank {rank} stopped by torchrun (another rank failed?); "
+                         "restart the same command with --resume to continue from the last checkpoint")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     MASTER = rank == 0
     return Dist(True, rank, local_rank, world, dev)
 

@@ -62,7 +62,7 @@ p.add_argument("--force", action="store_true", help="overwrite an existing run d
 p.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
-p.add_argument("--dist-timeout", type=common.number(float), default=30.0, help="minutes before DDP gives up on a dead rank")
+p.add_argument("--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank")
 RUN_FLAGS = {"out", "resume", "force", "log_every", "device", "backend", "dist_timeout", "data", "eval_every"}
 
 

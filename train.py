@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -77,14 +78,16 @@ p.add_argument("--resume", action="store_true", help="continue the run in --out 
 p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
 p.add_argument("--keep-every", type=common.number(int, 0), default=0,
                help="also keep a full snapshot supernet_ep<E>.pt every E epochs, e.g. for angle-vs-epoch studies (0 = off)")
+p.add_argument("--save-every-steps", type=common.number(int, 0), default=0,
+               help="also checkpoint every N steps inside an epoch, for long epochs (0 = only at epoch ends)")
 p.add_argument("--log-every", type=common.number(int), default=50, help="print a progress line every N steps (50)")
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)")
-p.add_argument("--dist-timeout", type=common.number(float), default=30.0, help="minutes before DDP gives up on a dead rank (30)")
+p.add_argument("--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank (30)")
 
 CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "step", "rng", "grad_holders", "w0", "labels", "supernet_args"}
 # flags that only say how to run, not what the run is: a resumed run may change them
-RUN_FLAGS = {"out", "resume", "force", "log_every", "keep_every", "device", "backend", "dist_timeout", "data"}
+RUN_FLAGS = {"out", "resume", "force", "log_every", "keep_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
 # (--workers is not among them: with workers the crops come from per-worker RNG streams, so it is part of the run)
 
 
@@ -186,7 +189,7 @@ def main():
     optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 nesterov=args.nesterov and args.momentum > 0, weight_decay=args.wd)
     path_gen = torch.Generator().manual_seed(args.seed)  # Rule A: same seed on every rank -> same paths
-    start_epoch, step = 0, 0
+    start_epoch, start_batch, step = 0, 0, 0
     if ckpt is None:
         # RLNAS: W0 is written before the first optimizer step and never again (pitfall 1).
         w0 = {k: v.detach().cpu().clone() for k, v in raw_model.state_dict().items()}
@@ -207,7 +210,7 @@ def main():
         if ckpt.get("world_size", 1) != d.world_size:
             print0(f"warning: the run used {ckpt.get('world_size', 1)} processes, now {d.world_size}: "
                    "the data shards differ, so the resumed run is not bit-identical to an uninterrupted one")
-        start_epoch, step, w0_fp = ckpt["epoch"], ckpt["step"], ckpt["w0"]["fingerprint"]
+        start_epoch, start_batch, step, w0_fp = ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"], ckpt["w0"]["fingerprint"]
         init = common.load_checkpoint(init_path, "initial weights")
         if init.get("fingerprint") != w0_fp:
             raise UsageError(f"{init_path} is not the W0 of this run (fingerprint differs); restore the run's own file")
@@ -221,7 +224,7 @@ def main():
                 kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= start_epoch]
             with open(log_path, "w") as f:
                 f.writelines(kept)
-        print0(f"resumed {ckpt_path} at epoch {start_epoch}, step {step}")
+        print0(f"resumed {ckpt_path} at epoch {start_epoch} + {start_batch} batches, step {step}")
     if start_epoch >= args.epochs:
         print0(f"{args.out} already finished {start_epoch} epochs; nothing to do")
 
@@ -230,6 +233,31 @@ def main():
     num_cells = len(raw_model.searchable)
     print0(f"{args.space} supernet C={args.channels} N={args.layers} K={num_classes} | {sum(q.numel() for q in raw_model.parameters()):,} "
            f"parameters | {len(train_set):,} images, {args.labels} labels | {args.epochs} epochs | {d.device} x{d.world_size}")
+    def save(epoch: int, batch: int, totals, ranks=None):
+        """Write supernet.pt atomically: everything that steers the next step, so a resumed run is exact.
+
+        `epoch` counts finished epochs and `batch` the batches already trained in the next one (0 at an epoch
+        boundary). Mid-epoch, every rank's running loss/accuracy totals are gathered so the epoch's log line
+        comes out the same after a resume.
+        """
+        if batch:
+            per_rank = [totals.clone()]
+            if d.ddp:
+                per_rank = [None] * d.world_size
+                torch.distributed.all_gather_object(per_rank, totals.clone())
+            totals = torch.stack(per_rank)  # (world_size, 3)
+        if not d.master:
+            return
+        common.atomic_save({
+            "stage": "train", "space": args.space, "epoch": epoch, "batch": batch, "totals": totals, "step": step,
+            "world_size": d.world_size, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "supernet_args": raw_model.args, "config": vars(args), "labels": record,
+            "rng": {"path": path_gen.get_state()},
+            # which parameters hold a gradient tensor (zeros included): with --unsampled decay they keep decaying
+            "grad_holders": [n for n, q in raw_model.named_parameters() if q.grad is not None],
+            "w0": {"file": "supernet_init.pt", "fingerprint": w0_fp}, "ddp_ranks": ranks,
+        }, ckpt_path)
+
     t_run, steps_run = time.time(), 0
     for epoch in range(start_epoch, args.epochs):
         lr = lr_at(epoch, args)
@@ -239,9 +267,14 @@ def main():
         loader = make_loader(train_set, args.batch_size, train=True, seed=args.seed, epoch=epoch, rank=d.rank,
                              world_size=d.world_size, num_workers=args.workers, pin_memory=d.device.type == "cuda")
         model.train()
-        t0 = time.time()
+        t0, seen = time.time(), 0
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images on this rank
+        skip = 0
+        if epoch == start_epoch and start_batch:  # resuming inside this epoch: its first batches are done
+            skip, totals = start_batch, ckpt["totals"][d.rank].clone()
         for i, (x, y) in enumerate(loader):
+            if i < skip:
+                continue  # drawn (same order, same crops) but already trained on before the interruption
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
             # RLNAS: SPOS step. One path per step, the same on every rank (sampled here, not inside forward).
             path = sample_path(path_gen, num_cells, share=args.sampling == "shared")
@@ -249,14 +282,14 @@ def main():
             if not torch.isfinite(loss):
                 sys.exit(f"train.py: error: the loss became {loss.item()} at epoch {epoch} step {i}; lower --lr")
             totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
-            step += 1
-            steps_run += 1
+            step, steps_run, seen = step + 1, steps_run + 1, seen + len(y)
             if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
-                rate = totals[2].item() * d.world_size / (time.time() - t0)
-                left = (args.epochs - epoch) * len(loader) - (i + 1)
-                eta = left * (time.time() - t_run) / steps_run
+                rate = seen * d.world_size / (time.time() - t0)
+                eta = ((args.epochs - epoch) * len(loader) - (i + 1)) * (time.time() - t_run) / steps_run
                 print0(f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
                        f"acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | ETA {common.format_time(eta)}")
+            if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
+                save(epoch, i + 1, totals)  # bounds the work a crash loses inside a long epoch
         ranks = None
         if d.ddp:
             totals = totals.to(d.device)
@@ -270,27 +303,18 @@ def main():
             if any(r != mine for r in ranks):
                 raise RuntimeError(f"DDP ranks disagree after epoch {epoch + 1} (labels sha256, weights fingerprint): {ranks}")
         seconds = time.time() - t0
-
-        # --------------------------------------------------------------------------------------
-        # Save: every epoch, atomically, everything that steers the next step (exact resume).
         if d.master:
-            ckpt = {
-                "stage": "train", "space": args.space, "epoch": epoch + 1, "step": step, "world_size": d.world_size,
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "supernet_args": raw_model.args, "config": vars(args), "labels": record,
-                "rng": {"path": path_gen.get_state()},
-                "grad_holders": [n for n, q in raw_model.named_parameters() if q.grad is not None],
-                "w0": {"file": "supernet_init.pt", "fingerprint": w0_fp}, "ddp_ranks": ranks,
-            }
             entry = {"epoch": epoch + 1, "step": step, "loss": totals[0].item() / totals[2].item(),
                      "acc": 100 * totals[1].item() / totals[2].item(), "lr": lr,
-                     "img_per_s": totals[2].item() / seconds, "seconds": seconds}
+                     "img_per_s": seen * d.world_size / seconds, "seconds": seconds}
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
-            # the log line first, then the checkpoint: a crash in between only repeats this epoch
-            common.atomic_save(ckpt, ckpt_path)
-            if args.keep_every and (epoch + 1) % args.keep_every == 0:
-                common.atomic_save(ckpt, os.path.join(args.out, f"supernet_ep{epoch + 1}.pt"))  # resumable, searchable
+        # the log line first, then the checkpoint: a crash in between only repeats this epoch
+        save(epoch + 1, 0, None, ranks)
+        if d.master and args.keep_every and (epoch + 1) % args.keep_every == 0:
+            snapshot = os.path.join(args.out, f"supernet_ep{epoch + 1}.pt")  # resumable and searchable
+            shutil.copyfile(ckpt_path, snapshot + ".tmp")
+            os.replace(snapshot + ".tmp", snapshot)
     print0(f"done: {ckpt_path}\nnext: python search.py --ckpt {ckpt_path}")
     common.cleanup_distributed(d)
 

@@ -1,0 +1,142 @@
+"""Crash and resume: SIGKILL mid-epoch / between generations, resume, and compare with an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from test_scripts import ROOT, load, run
+
+# 640 fake images at batch 16 = 40 steps an epoch, 8 epochs: long enough to be killed early, short enough for CI
+LONG = ["--dataset", "fake", "--fake-images", "640", "--image-size", "8", "--channels", "4", "--layers", "1",
+        "--batch-size", "16", "--workers", "0", "--log-every", "1000", "--epochs", "8"]
+
+
+def start(script, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(proc, ready, timeout=120):
+    """SIGKILL `proc` as soon as ready() is true; fail if it finished first (then nothing was tested)."""
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"the process ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        assert time.time() - t0 < timeout
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+def all_checkpoints_load(path):
+    # a kill during a write may leave NAME.tmp behind, but never a truncated NAME: every real checkpoint loads
+    for f in os.listdir(path):
+        if f.endswith(".pt"):
+            load(os.path.join(path, f))
+
+
+def log_without_timing(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "img_per_s")} for line in open(path)]
+
+
+def test_train_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
+    ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+    run("train.py", *LONG, "--out", ref)
+    proc = start("train.py", *LONG, "--save-every-steps", 7, "--out", crashed)
+
+    def mid_epoch_checkpoint():
+        try:
+            return load(crashed / "supernet.pt")["batch"] > 0
+        except (FileNotFoundError, RuntimeError, EOFError):
+            return False
+
+    kill_when(proc, mid_epoch_checkpoint)
+    all_checkpoints_load(crashed)
+    killed_at = load(crashed / "supernet.pt")
+    assert killed_at["epoch"] < 8
+    res = run("train.py", "--resume", "--out", crashed)
+    assert "resumed" in res.stdout
+    a, b = load(ref / "supernet.pt"), load(crashed / "supernet.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
+    assert a["labels"] == b["labels"] and a["step"] == b["step"] == 8 * 40 and a["grad_holders"] == b["grad_holders"]
+    assert (ref / "supernet_init.pt").read_bytes() != b"" and torch.equal(
+        load(ref / "supernet_init.pt")["model"]["stem.0.weight"], load(crashed / "supernet_init.pt")["model"]["stem.0.weight"])
+    assert log_without_timing(ref / "log.jsonl") == log_without_timing(crashed / "log.jsonl")
+
+
+def test_search_sigkill_between_generations_then_resume(tmp_path):
+    # a tiny trained supernet, then a long, slow search (small generations, many of them) that gets killed
+    run("train.py", *LONG[:-1], "1", "--out", tmp_path / "sn")
+    flags = ["--ckpt", tmp_path / "sn" / "supernet.pt", "--population", 12, "--topk", 4, "--mutations", 6,
+             "--crossovers", 6, "--generations", 400, "--seed", 1]
+    run("search.py", *flags, "--out", tmp_path / "ref.json")
+    proc = start("search.py", *flags, "--out", tmp_path / "crashed.json")
+
+    def some_generations_done():
+        try:
+            return json.load(open(tmp_path / "crashed.json"))["generations_done"] >= 3
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    kill_when(proc, some_generations_done)
+    partial = json.load(open(tmp_path / "crashed.json"))  # never half-written: atomic rename
+    assert not partial["done"]
+    res = run("search.py", *flags, "--out", tmp_path / "crashed.json", "--resume")
+    ref, resumed = json.load(open(tmp_path / "ref.json")), json.load(open(tmp_path / "crashed.json"))
+    assert resumed["evaluated"] == ref["evaluated"] and resumed["winner"] == ref["winner"]
+    assert f"{len(partial['evaluated']):,} taken from the interrupted run" in res.stdout
+
+
+def test_retrain_sigkill_then_resume_is_bit_exact(tmp_path):
+    arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|none~2|"
+    flags = ["--arch", arch, *LONG[:-1], "6", "--eval-every", "2"]
+    run("retrain.py", *flags, "--out", tmp_path / "ref")
+    proc = start("retrain.py", *flags, "--out", tmp_path / "crashed")
+    kill_when(proc, lambda: os.path.exists(tmp_path / "crashed" / "retrain.pt"))
+    run("retrain.py", *flags, "--resume", "--out", tmp_path / "crashed")
+    a, b = load(tmp_path / "ref" / "retrain.pt"), load(tmp_path / "crashed" / "retrain.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["test_top1"] == b["test_top1"]
+    assert log_without_timing(tmp_path / "ref" / "log.jsonl") == log_without_timing(tmp_path / "crashed" / "log.jsonl")
+
+
+def test_ddp_rank_death_stops_the_others_then_resume(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *LONG, "--epochs", 30, "--device", "cpu", "--backend", "gloo",
+           "--dist-timeout", 1, "--out", out]
+    cmd = [str(c) for c in cmd]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not os.path.exists(out / "supernet.pt"):
+        assert proc.poll() is None and time.time() - t0 < 120
+        time.sleep(0.05)
+    # find rank 1 among torchrun's children and kill it
+    victim = None
+    for pid in os.listdir("/proc"):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"RANK=1" in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ) and str(out).encode() in open(
+                f"/proc/{pid}/cmdline", "rb").read():
+            victim = int(pid)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=120)  # no hang: torchrun stops rank 0, which says why in one line
+    assert proc.returncode != 0
+    assert "restart the same command with --resume" in output
+    res = run("train.py", *LONG, "--epochs", 30, "--device", "cpu", "--backend", "gloo", "--resume", "--out", out,
+              launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])
+    ckpt = load(out / "supernet.pt")
+    assert ckpt["epoch"] == 30 and ckpt["ddp_ranks"][0] == ckpt["ddp_ranks"][1]
+    assert "resumed" in res.stdout
