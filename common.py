@@ -45,9 +45,12 @@ def run(main, *user_errors: type[Exception]) -> None:
         if not (isinstance(err, dist.DistError) or (dist.is_initialized() and _peer_failure(err))):
             raise  # a bug, not a lost peer: keep the traceback
         rank = os.environ.get("RANK", "?")
-        print(f"{name}: error: rank {rank} lost contact with the other ranks ({type(err).__name__}: "
-              f"{str(err).strip().splitlines()[0][:150] if str(err).strip() else ''}); "
-              "restart the same command with --resume to continue from the last checkpoint", file=sys.stderr)
+        print(
+            f"{name}: error: rank {rank} lost contact with the other ranks ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:150] if str(err).strip() else ''}); "
+            "restart the same command with --resume to continue from the last checkpoint",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 
@@ -127,13 +130,19 @@ def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
     except pickle.UnpicklingError as err:
         refused = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
         if not refused:  # not a pickle torch can read at all
-            raise UsageError(f"{what} {path} is not a checkpoint file (unreadable pickle); "
-                             "use another checkpoint or rerun the stage that wrote it") from None
-        raise UsageError(f"refused to load {path}: it holds objects other than tensors and plain types "
-                         f"({refused[0][:100]}); load only checkpoints written by this project") from None
+            raise UsageError(
+                f"{what} {path} is not a checkpoint file (unreadable pickle); "
+                "use another checkpoint or rerun the stage that wrote it"
+            ) from None
+        raise UsageError(
+            f"refused to load {path}: it holds objects other than tensors and plain types "
+            f"({refused[0][:100]}); load only checkpoints written by this project"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise UsageError(f"{what} {path} is truncated or corrupt ({type(err).__name__}); "
-                         "use another checkpoint or rerun the stage that wrote it") from None
+        raise UsageError(
+            f"{what} {path} is truncated or corrupt ({type(err).__name__}); "
+            "use another checkpoint or rerun the stage that wrote it"
+        ) from None
     if not isinstance(obj, dict):
         raise UsageError(f"{what} {path} is not a checkpoint of this project (no dict inside)")
     return obj
@@ -154,10 +163,14 @@ def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
     """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk."""
     if resume:
         if not os.path.isfile(os.path.join(out, marker)):
-            raise UsageError(f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run")
+            raise UsageError(
+                f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run"
+            )
     elif os.path.isdir(out) and os.listdir(out) and not force:
-        raise UsageError(f"run directory {out} already exists: pass --resume to continue it, "
-                         "--force to overwrite it, or --out DIR for a new run")
+        raise UsageError(
+            f"run directory {out} already exists: pass --resume to continue it, "
+            "--force to overwrite it, or --out DIR for a new run"
+        )
 
 
 def make_run_dir(out: str, force: bool) -> None:
@@ -212,8 +225,10 @@ def setup_distributed(device: str, backend: str, timeout_minutes: float) -> Dist
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
 
     def on_sigterm(signum, frame):  # torchrun stops the surviving ranks with SIGTERM when one of them fails
-        raise SystemExit(f"{os.path.basename(sys.argv[0])}: rank {rank} stopped by torchrun (another rank failed?); "
-                         "restart the same command with --resume to continue from the last checkpoint")
+        raise SystemExit(
+            f"{os.path.basename(sys.argv[0])}: rank {rank} stopped by torchrun (another rank failed?); "
+            "restart the same command with --resume to continue from the last checkpoint"
+        )
 
     signal.signal(signal.SIGTERM, on_sigterm)
     MASTER = rank == 0

@@ -62,7 +62,9 @@ p.add_argument("--force", action="store_true", help="overwrite an existing run d
 p.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
-p.add_argument("--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank")
+p.add_argument(
+    "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank"
+)
 RUN_FLAGS = {"out", "resume", "force", "log_every", "device", "backend", "dist_timeout", "data", "eval_every"}
 
 
@@ -78,7 +80,9 @@ def resolve_arch(args) -> tuple:
         except FileNotFoundError:
             raise UsageError(f"{args.ckpt_search} does not exist; pass the search.json written by search.py") from None
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UsageError(f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py") from None
+            raise UsageError(
+                f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py"
+            ) from None
     try:
         return str_to_arch(text)
     except ValueError as err:
@@ -93,8 +97,11 @@ def evaluate(model, loader, device, d) -> tuple[float, float]:
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         top5 = model(x).topk(min(5, model_classes(model)), dim=1).indices  # (B, 5)
-        totals += torch.tensor([(top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(1).sum().item(), len(y)],
-                               dtype=torch.float64, device=device)
+        totals += torch.tensor(
+            [(top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(1).sum().item(), len(y)],
+            dtype=torch.float64,
+            device=device,
+        )
     if d.ddp:
         torch.distributed.all_reduce(totals)
     return (100 * totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
@@ -108,7 +115,9 @@ def main():
     args = p.parse_args()
     arch = resolve_arch(args)
     if args.out is None:
-        args.out = os.path.join("runs", f"retrain-{args.dataset}-{hashlib.sha1(arch_to_str(arch).encode()).hexdigest()[:8]}-s{args.seed}")
+        args.out = os.path.join(
+            "runs", f"retrain-{args.dataset}-{hashlib.sha1(arch_to_str(arch).encode()).hexdigest()[:8]}-s{args.seed}"
+        )
 
     # ------------------------------------------------------------------------------------------
     # BOILERPLATE: devices, torchrun, run directory, resume.
@@ -128,26 +137,53 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # Data: real labels, standard augmentation on train, none on test.
-    base = load_dataset(args.dataset, args.data, "train", augment=True, image_size=args.image_size,
-                        fake_images=args.fake_images, fake_seed=args.data_seed)
-    test_set = load_dataset(args.dataset, args.data, "test", augment=False, image_size=args.image_size,
-                            fake_images=args.fake_images, fake_seed=args.data_seed)
+    base = load_dataset(
+        args.dataset,
+        args.data,
+        "train",
+        augment=True,
+        image_size=args.image_size,
+        fake_images=args.fake_images,
+        fake_seed=args.data_seed,
+    )
+    test_set = load_dataset(
+        args.dataset,
+        args.data,
+        "test",
+        augment=False,
+        image_size=args.image_size,
+        fake_images=args.fake_images,
+        fake_seed=args.data_seed,
+    )
     indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)
     train_set = Relabeled(base, indices, base.targets.long())
     if not args.resume and d.master:
         common.make_run_dir(args.out, args.force)
     if d.ddp:
         torch.distributed.barrier()
-    test_loader = make_loader(test_set, args.batch_size, train=False, seed=args.seed, epoch=0, rank=d.rank,
-                              world_size=d.world_size, num_workers=args.workers)
+    test_loader = make_loader(
+        test_set,
+        args.batch_size,
+        train=False,
+        seed=args.seed,
+        epoch=0,
+        rank=d.rank,
+        world_size=d.world_size,
+        num_workers=args.workers,
+    )
 
     # ------------------------------------------------------------------------------------------
     # Model and optimizer.
     torch.manual_seed(args.seed)
     raw_model = Subnet(arch, args.channels, args.layers, base.num_classes).to(d.device)
     model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
-    optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr, momentum=args.momentum,
-                                nesterov=args.nesterov and args.momentum > 0, weight_decay=args.wd)
+    optimizer = torch.optim.SGD(
+        raw_model.parameters(),
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov and args.momentum > 0,
+        weight_decay=args.wd,
+    )
     start_epoch = 0
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
@@ -160,11 +196,14 @@ def main():
                 f.writelines(kept)
         print0(f"resumed {ckpt_path} at epoch {start_epoch}")
     elif d.master:
-        common.atomic_write_json({**vars(args), "arch": arch_to_str(arch), "git_commit": common.git_commit()},
-                                 os.path.join(args.out, "config.json"))
+        common.atomic_write_json(
+            {**vars(args), "arch": arch_to_str(arch), "git_commit": common.git_commit()}, os.path.join(args.out, "config.json")
+        )
     params = sum(q.numel() for q in raw_model.parameters())
-    print0(f"retrain {arch_to_str(arch)} | C={args.channels} N={args.layers} | {params:,} parameters | "
-           f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}")
+    print0(
+        f"retrain {arch_to_str(arch)} | C={args.channels} N={args.layers} | {params:,} parameters | "
+        f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}"
+    )
 
     # ------------------------------------------------------------------------------------------
     # Training loop (cosine to 0 per epoch, as NAS-Bench-201).
@@ -174,8 +213,17 @@ def main():
         for group in optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # augmentation: replayable on resume
-        loader = make_loader(train_set, args.batch_size, train=True, seed=args.seed, epoch=epoch, rank=d.rank,
-                             world_size=d.world_size, num_workers=args.workers, pin_memory=d.device.type == "cuda")
+        loader = make_loader(
+            train_set,
+            args.batch_size,
+            train=True,
+            seed=args.seed,
+            epoch=epoch,
+            rank=d.rank,
+            world_size=d.world_size,
+            num_workers=args.workers,
+            pin_memory=d.device.type == "cuda",
+        )
         model.train()
         t0, totals = time.time(), torch.zeros(3, dtype=torch.float64)
         for i, (x, y) in enumerate(loader):
@@ -192,14 +240,22 @@ def main():
             if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
                 rate = totals[2].item() * d.world_size / (time.time() - t0)
                 eta = ((args.epochs - epoch) * len(loader) - i - 1) * (time.time() - t_run) / steps_run
-                print0(f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
-                       f"train acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | ETA {common.format_time(eta)}")
+                print0(
+                    f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
+                    f"train acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | "
+                    f"ETA {common.format_time(eta)}"
+                )
         if d.ddp:  # the epoch's loss and accuracy over all ranks
             totals = totals.to(d.device)
             torch.distributed.all_reduce(totals)
             totals = totals.cpu()
-        entry = {"epoch": epoch + 1, "loss": (totals[0] / totals[2]).item(), "train_acc": (100 * totals[1] / totals[2]).item(),
-                 "lr": lr, "seconds": time.time() - t0}
+        entry = {
+            "epoch": epoch + 1,
+            "loss": (totals[0] / totals[2]).item(),
+            "train_acc": (100 * totals[1] / totals[2]).item(),
+            "lr": lr,
+            "seconds": time.time() - t0,
+        }
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             top1, top5 = evaluate(model, test_loader, d.device, d)
             entry.update(test_top1=top1, test_top5=top5)
@@ -207,9 +263,19 @@ def main():
         if d.master:
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
-            common.atomic_save({"stage": "retrain", "epoch": epoch + 1, "arch": arch_to_str(arch), "model": raw_model.state_dict(),
-                                "optimizer": optimizer.state_dict(), "config": vars(args), "test_top1": top1, "test_top5": top5},
-                               ckpt_path)
+            common.atomic_save(
+                {
+                    "stage": "retrain",
+                    "epoch": epoch + 1,
+                    "arch": arch_to_str(arch),
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "config": vars(args),
+                    "test_top1": top1,
+                    "test_top5": top5,
+                },
+                ckpt_path,
+            )
     if top1 is None and ckpt is not None:
         top1, top5 = ckpt.get("test_top1"), ckpt.get("test_top5")
     print0(f"done: {arch_to_str(arch)} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")

@@ -75,22 +75,32 @@ def load_supernet_pair(path: str, w0_path: str | None):
     if args.get("space") != "nb201":
         raise UsageError(f"{path} is a {args.get('space')!r} supernet; this search knows nb201")
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in Supernet(args["channels"], args["layers"], args["num_classes"]).state_dict().items()}
+        expected = {
+            k: tuple(v.shape) for k, v in Supernet(args["channels"], args["layers"], args["num_classes"]).state_dict().items()
+        }
     if {k: tuple(v.shape) for k, v in ckpt["model"].items()} != expected:
-        raise UsageError(f"{path} does not hold the weights of the supernet it describes {args}; the file is damaged or edited")
+        raise UsageError(
+            f"{path} does not hold the weights of the supernet it describes {args}; the file is damaged or edited"
+        )
     w0_path = w0_path or os.path.join(os.path.dirname(path), ckpt["w0"]["file"])
     init = common.load_checkpoint(w0_path, "initial weights (W0)")
     if "model" not in init or {k: tuple(v.shape) for k, v in init["model"].items()} != expected:
         raise UsageError(f"{w0_path} is not the initial weights of a supernet of the same shape {args}")
     if common.state_fingerprint(init["model"]) != ckpt["w0"]["fingerprint"]:
-        raise UsageError(f"{w0_path} is not the W0 of {path} (fingerprint differs): the angle needs the run's own initial weights")
+        raise UsageError(
+            f"{w0_path} is not the W0 of {path} (fingerprint differs): the angle needs the run's own initial weights"
+        )
     return init["model"], ckpt["model"], args, ckpt
 
 
 def main():
     args = p.parse_args()
-    stem = os.path.splitext(os.path.basename(args.ckpt))[0]  # supernet.pt -> search.json, supernet_ep10.pt -> search_supernet_ep10.json
-    out = args.out or os.path.join(os.path.dirname(args.ckpt) or ".", "search.json" if stem == "supernet" else f"search_{stem}.json")
+    stem = os.path.splitext(os.path.basename(args.ckpt))[
+        0
+    ]  # supernet.pt -> search.json, supernet_ep10.pt -> search_supernet_ep10.json
+    out = args.out or os.path.join(
+        os.path.dirname(args.ckpt) or ".", "search.json" if stem == "supernet" else f"search_{stem}.json"
+    )
     t_start = time.time()
     w0, wt, net_args, ckpt = load_supernet_pair(args.ckpt, args.w0)
     bench = None
@@ -105,12 +115,19 @@ def main():
     ident = {"ckpt": os.path.abspath(args.ckpt), "ckpt_epoch": ckpt["epoch"], "ckpt_fingerprint": common.state_fingerprint(wt)}
     memo = {}
     if os.path.exists(out) and not (args.resume or args.force):
-        raise UsageError(f"{out} already exists: pass --resume to continue that search, --force to overwrite it, or --out FILE")
+        raise UsageError(
+            f"{out} already exists: pass --resume to continue that search, --force to overwrite it, or --out FILE"
+        )
     if args.resume:
         memo = load_previous(out, settings, ident)
     print(f"loaded {args.ckpt} (epoch {ckpt['epoch']}) and its W0 in {t_load:.2f}s | supernet {net_args}")
 
-    state = {"settings": settings, **ident, "supernet_args": net_args, "mode": "exhaustive" if args.exhaustive else "evolution"}
+    state = {
+        "settings": settings,
+        **ident,
+        "supernet_args": net_args,
+        "mode": "exhaustive" if args.exhaustive else "evolution",
+    }
     if args.exhaustive:
         t0 = time.time()
         archs = all_archs()
@@ -124,22 +141,37 @@ def main():
             best = gen.archive[0]
             rate = len(gen.evaluated) / max(time.time() - t0, 1e-9)
             eta = (args.generations - gen.index - 1) * (time.time() - t0) / (gen.index + 1)
-            line = (f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.0f} archs/s | "
-                    f"ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {arch_to_str(best)}")
+            line = (
+                f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.0f} archs/s | "
+                f"ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {arch_to_str(best)}"
+            )
             if bench is not None and len(gen.evaluated) > 1:
                 col = next(iter(bench.acc))
                 line += f" | tau({col}) {bench.tau(gen.evaluated, col):+.3f}"
             print(line)
             write_state(out, state, gen.evaluated, gen.archive, gen.index + 1, done=False)
 
-        result = evolve([list(range(len(OPS)))] * 6, lambda cands: scorer.angles(cands).tolist(),
-                        population=args.population, topk=args.topk, mutations=args.mutations, crossovers=args.crossovers,
-                        mutation_prob=args.mutation_prob, generations=args.generations,
-                        mutation_choices=[list(range(1, len(OPS)))] * 6,  # never mutate into 'none' (SPEC 5)
-                        tie_key=tie_key, tie_tol=TIE_TOL, seed=args.seed, memo=memo, on_generation=on_generation)
+        result = evolve(
+            [list(range(len(OPS)))] * 6,
+            lambda cands: scorer.angles(cands).tolist(),
+            population=args.population,
+            topk=args.topk,
+            mutations=args.mutations,
+            crossovers=args.crossovers,
+            mutation_prob=args.mutation_prob,
+            generations=args.generations,
+            mutation_choices=[list(range(1, len(OPS)))] * 6,  # never mutate into 'none' (SPEC 5)
+            tie_key=tie_key,
+            tie_tol=TIE_TOL,
+            seed=args.seed,
+            memo=memo,
+            on_generation=on_generation,
+        )
         scores = result.evaluated
-        print(f"evolution: {len(scores):,} architectures evaluated in {time.time() - t0:.3f}s "
-              f"({len(memo):,} taken from the interrupted run)")
+        print(
+            f"evolution: {len(scores):,} architectures evaluated in {time.time() - t0:.3f}s "
+            f"({len(memo):,} taken from the interrupted run)"
+        )
 
     # ------------------------------------------------------------------------------------------
     # Report: the top architectures, the winner's tie group, and the benchmark view.
@@ -153,14 +185,24 @@ def main():
     for i, a in enumerate(ordered[: args.top]):
         accs = "".join(f"{bench.accuracy(a, c):16.2f}" if a in bench.index else f"{'n/a':>16}" for c in cols) if bench else ""
         print(f"{i + 1:3d} {scores[a]:10.6f}  {accs}  {arch_to_str(a)}")
-    print(f"\nwinner: {arch_to_str(winner)}  angle {scores[winner]:.6f}  tie group of {len(group)} "
-          f"(angles within {TIE_TOL:g}; ties broken by fewer 'none' edges, then op indices)")
+    print(
+        f"\nwinner: {arch_to_str(winner)}  angle {scores[winner]:.6f}  tie group of {len(group)} "
+        f"(angles within {TIE_TOL:g}; ties broken by fewer 'none' edges, then op indices)"
+    )
     report = {}
     if bench is not None:
         report = benchmark_report(bench, winner, group, scores)
     state["benchmark"] = report
-    write_state(out, state, scores, ordered[: max(args.topk, args.top)], args.generations if not args.exhaustive else 1,
-                done=True, winner=winner, group=group)
+    write_state(
+        out,
+        state,
+        scores,
+        ordered[: max(args.topk, args.top)],
+        args.generations if not args.exhaustive else 1,
+        done=True,
+        winner=winner,
+        group=group,
+    )
     print(f"wrote {out} ({time.time() - t_start:.2f}s in all)")
 
 
@@ -175,17 +217,31 @@ def benchmark_report(bench, winner, group, scores) -> dict:
         acc = bench.accuracy(winner, col)
         group_acc = [bench.accuracy(a, col) for a in group if a in bench.index]
         tau = bench.tau(scores, col)
-        report[col] = {"accuracy": acc, "rank": bench.rank(winner, col), "of": n, "tie_group_min": min(group_acc),
-                       "tie_group_max": max(group_acc), "kendall_tau_b": tau, "tau_over": sum(a in bench.index for a in scores)}
-        print(f"benchmark {col:15s} winner {acc:6.2f}% (rank {report[col]['rank']:,} of {n:,}; best {bench.acc[col].max():.2f}) | "
-              f"tie group {min(group_acc):.2f}-{max(group_acc):.2f} | Kendall tau-b {tau:+.4f} over {report[col]['tau_over']:,} archs")
+        report[col] = {
+            "accuracy": acc,
+            "rank": bench.rank(winner, col),
+            "of": n,
+            "tie_group_min": min(group_acc),
+            "tie_group_max": max(group_acc),
+            "kendall_tau_b": tau,
+            "tau_over": sum(a in bench.index for a in scores),
+        }
+        print(
+            f"benchmark {col:15s} winner {acc:6.2f}% (rank {report[col]['rank']:,} of {n:,}; "
+            f"best {bench.acc[col].max():.2f}) | tie group {min(group_acc):.2f}-{max(group_acc):.2f} | "
+            f"Kendall tau-b {tau:+.4f} over {report[col]['tau_over']:,} archs"
+        )
     return report
 
 
 def write_state(out, state, scores, archive, generations_done, done, winner=None, group=None):
-    state = dict(state, generations_done=generations_done, done=done,
-                 evaluated=[[arch_to_str(a), s] for a, s in scores.items()],
-                 archive=[[arch_to_str(a), scores[a]] for a in archive])
+    state = dict(
+        state,
+        generations_done=generations_done,
+        done=done,
+        evaluated=[[arch_to_str(a), s] for a, s in scores.items()],
+        archive=[[arch_to_str(a), scores[a]] for a in archive],
+    )
     if winner is not None:
         state["winner"] = {"arch": arch_to_str(winner), "angle": scores[winner], "tie_group": [arch_to_str(a) for a in group]}
     common.atomic_write_json(state, out)

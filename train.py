@@ -44,14 +44,22 @@ p = common.Parser(description="Train an RLNAS supernet on random labels (stage 1
 p.add_argument("--space", default="nb201", choices=["nb201"], help="search space (default nb201)")
 p.add_argument("--channels", type=common.number(int), default=16, help="C, channels of the first stage (16)")
 p.add_argument("--layers", type=common.number(int), default=5, help="N, searchable cells per stage (5)")
-p.add_argument("--sampling", default="per-cell", choices=["per-cell", "shared"],
-               help="per-cell: each cell samples its own sub-cell, as the official code (default); shared: one genotype for all cells")
+p.add_argument(
+    "--sampling",
+    default="per-cell",
+    choices=["per-cell", "shared"],
+    help="per-cell: each cell samples its own sub-cell, as the official code (default); shared: one genotype for all cells",
+)
 # data
 p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="training data (default cifar10)")
 p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
 p.add_argument("--image-size", type=common.number(int), default=None, help="image side for folder/fake data (default 32)")
-p.add_argument("--split", default="auto", choices=["auto", "half", "full"],
-               help="half: a seeded 25k/25k split of the training set, as the official NB201 CIFAR-10 run; auto = half for nb201+cifar10")
+p.add_argument(
+    "--split",
+    default="auto",
+    choices=["auto", "half", "full"],
+    help="half: a seeded 25k/25k split of the training set, as the official NB201 CIFAR-10 run; auto = half for nb201+cifar10",
+)
 p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
 p.add_argument("--data-seed", type=int, default=0, help="seed of the half split and of --subset (default 0)")
 p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
@@ -59,35 +67,70 @@ p.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoa
 # labels
 p.add_argument("--labels", default="random", choices=["random", "true"], help="random (RLNAS) or true (the SPOS baseline)")
 p.add_argument("--label-seed", type=int, default=0, help="seed of the random-label draw, and nothing else (default 0)")
-p.add_argument("--label-classes", type=common.number(int, 0), default=0, help="K for random labels (0 = the dataset's class count)")
+p.add_argument(
+    "--label-classes", type=common.number(int, 0), default=0, help="K for random labels (0 = the dataset's class count)"
+)
 # optimisation (SPEC 3, NB201 column)
 p.add_argument("--epochs", type=common.number(int), default=250, help="training epochs (250)")
 p.add_argument("--batch-size", type=common.number(int), default=64, help="batch size per process (64)")
 p.add_argument("--lr", type=common.number(float, 0), default=0.025, help="initial learning rate (0.025)")
-p.add_argument("--lr-min", type=common.number(float, 0), default=0.001, help="final learning rate of the cosine schedule (0.001)")
+p.add_argument(
+    "--lr-min", type=common.number(float, 0), default=0.001, help="final learning rate of the cosine schedule (0.001)"
+)
 p.add_argument("--momentum", type=common.number(float, 0), default=0.9, help="SGD momentum (0.9)")
 p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum (on)")
 p.add_argument("--wd", type=common.number(float, 0), default=5e-4, help="weight decay on all parameters (5e-4)")
 p.add_argument("--grad-clip", type=common.number(float, 0), default=0.0, help="clip the gradient norm (0 = off, as NB201)")
-p.add_argument("--unsampled", default="decay", choices=["decay", "frozen"],
-               help="ops off the sampled path: decay = keep weight decay and momentum once sampled (official, default); frozen = untouched")
+p.add_argument(
+    "--unsampled",
+    default="decay",
+    choices=["decay", "frozen"],
+    help="ops off the sampled path: decay = keep weight decay and momentum once sampled (official, default); "
+    "frozen = untouched",
+)
 p.add_argument("--seed", type=int, default=0, help="seed of the weight init, the path sampler and the data order (default 0)")
 # run
 p.add_argument("--out", default=None, help="run directory (default runs/<space>-<dataset>-<labels>-s<seed>-l<label-seed>)")
 p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-p.add_argument("--keep-every", type=common.number(int, 0), default=0,
-               help="also keep a full snapshot supernet_ep<E>.pt every E epochs, e.g. for angle-vs-epoch studies (0 = off)")
-p.add_argument("--save-every-steps", type=common.number(int, 0), default=0,
-               help="also checkpoint every N steps inside an epoch, for long epochs (0 = only at epoch ends)")
+p.add_argument(
+    "--keep-every",
+    type=common.number(int, 0),
+    default=0,
+    help="also keep a full snapshot supernet_ep<E>.pt every E epochs, e.g. for angle-vs-epoch studies (0 = off)",
+)
+p.add_argument(
+    "--save-every-steps",
+    type=common.number(int, 0),
+    default=0,
+    help="also checkpoint every N steps inside an epoch, for long epochs (0 = only at epoch ends)",
+)
 p.add_argument("--log-every", type=common.number(int), default=50, help="print a progress line every N steps (50)")
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
-p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)")
-p.add_argument("--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank (30)")
+p.add_argument(
+    "--backend",
+    default="auto",
+    choices=["auto", "nccl", "gloo"],
+    help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)",
+)
+p.add_argument(
+    "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank (30)"
+)
 
 CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "step", "rng", "grad_holders", "w0", "labels", "supernet_args"}
 # flags that only say how to run, not what the run is: a resumed run may change them
-RUN_FLAGS = {"out", "resume", "force", "log_every", "keep_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
+RUN_FLAGS = {
+    "out",
+    "resume",
+    "force",
+    "log_every",
+    "keep_every",
+    "save_every_steps",
+    "device",
+    "backend",
+    "dist_timeout",
+    "data",
+}
 # (--workers is not among them: with workers the crops come from per-worker RNG streams, so it is part of the run)
 
 
@@ -131,22 +174,33 @@ def main():
         ckpt = common.load_checkpoint(ckpt_path, "supernet checkpoint")
         missing = CKPT_KEYS - set(ckpt)
         if ckpt.get("stage") != "train" or missing:
-            raise UsageError(f"{ckpt_path} is not a complete train.py checkpoint (missing {sorted(missing)}); "
-                             "resume a directory written by train.py")
+            raise UsageError(
+                f"{ckpt_path} is not a complete train.py checkpoint (missing {sorted(missing)}); "
+                "resume a directory written by train.py"
+            )
         defaults = vars(p.parse_args([]))
         for key, saved in ckpt["config"].items():
             if key in RUN_FLAGS or key not in defaults:
                 continue
             now = getattr(args, key)
             if now != defaults[key] and now != saved:  # given explicitly and different from the run's own value
-                raise UsageError(f"--{key.replace('_', '-')} {now} differs from the run being resumed ({saved}); "
-                                 "drop the flag or start a new run with --out")
+                raise UsageError(
+                    f"--{key.replace('_', '-')} {now} differs from the run being resumed ({saved}); "
+                    "drop the flag or start a new run with --out"
+                )
             setattr(args, key, saved)
 
     # ------------------------------------------------------------------------------------------
     # Data and labels.
-    base = load_dataset(args.dataset, args.data, "train", augment=True, image_size=args.image_size,
-                        fake_images=args.fake_images, fake_seed=args.data_seed)
+    base = load_dataset(
+        args.dataset,
+        args.data,
+        "train",
+        augment=True,
+        image_size=args.image_size,
+        fake_images=args.fake_images,
+        fake_seed=args.data_seed,
+    )
     n_full = len(base)
     half = args.split == "half" or (args.split == "auto" and args.space == "nb201" and args.dataset == "cifar10")
     indices = split_indices(n_full, args.data_seed)[0] if half else torch.arange(n_full)  # the 25k "train" half (SPEC 1)
@@ -186,8 +240,13 @@ def main():
         # leaves those gradients untouched (None stays None, zeros stay zeros) like a single process would.
         # DDP also broadcasts rank 0's initial weights, so W0 is the same on every rank.
         model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None, find_unused_parameters=True)
-    optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr, momentum=args.momentum,
-                                nesterov=args.nesterov and args.momentum > 0, weight_decay=args.wd)
+    optimizer = torch.optim.SGD(
+        raw_model.parameters(),
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov and args.momentum > 0,
+        weight_decay=args.wd,
+    )
     path_gen = torch.Generator().manual_seed(args.seed)  # Rule A: same seed on every rank -> same paths
     start_epoch, start_batch, step = 0, 0, 0
     if ckpt is None:
@@ -195,7 +254,9 @@ def main():
         w0 = {k: v.detach().cpu().clone() for k, v in raw_model.state_dict().items()}
         w0_fp = common.state_fingerprint(w0)
         if d.master:
-            common.atomic_save({"stage": "init", "model": w0, "supernet_args": raw_model.args, "fingerprint": w0_fp}, init_path)
+            common.atomic_save(
+                {"stage": "init", "model": w0, "supernet_args": raw_model.args, "fingerprint": w0_fp}, init_path
+            )
             config = {**vars(args), "git_commit": common.git_commit(), "world_size": d.world_size}
             common.atomic_write_json(config, os.path.join(args.out, "config.json"))
     else:
@@ -206,10 +267,14 @@ def main():
             optimizer.load_state_dict(ckpt["optimizer"])
             path_gen.set_state(ckpt["rng"]["path"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"{ckpt_path} does not fit the supernet it describes ({str(err).splitlines()[0][:120]})") from None
+            raise UsageError(
+                f"{ckpt_path} does not fit the supernet it describes ({str(err).splitlines()[0][:120]})"
+            ) from None
         if ckpt.get("world_size", 1) != d.world_size:
-            print0(f"warning: the run used {ckpt.get('world_size', 1)} processes, now {d.world_size}: "
-                   "the data shards differ, so the resumed run is not bit-identical to an uninterrupted one")
+            print0(
+                f"warning: the run used {ckpt.get('world_size', 1)} processes, now {d.world_size}: "
+                "the data shards differ, so the resumed run is not bit-identical to an uninterrupted one"
+            )
         start_epoch, start_batch, step, w0_fp = ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"], ckpt["w0"]["fingerprint"]
         init = common.load_checkpoint(init_path, "initial weights")
         if init.get("fingerprint") != w0_fp:
@@ -231,8 +296,12 @@ def main():
     # ------------------------------------------------------------------------------------------
     # Training loop.
     num_cells = len(raw_model.searchable)
-    print0(f"{args.space} supernet C={args.channels} N={args.layers} K={num_classes} | {sum(q.numel() for q in raw_model.parameters()):,} "
-           f"parameters | {len(train_set):,} images, {args.labels} labels | {args.epochs} epochs | {d.device} x{d.world_size}")
+    params = sum(q.numel() for q in raw_model.parameters())
+    print0(
+        f"{args.space} supernet C={args.channels} N={args.layers} K={num_classes} | {params:,} parameters | "
+        f"{len(train_set):,} images, {args.labels} labels | {args.epochs} epochs | {d.device} x{d.world_size}"
+    )
+
     def save(epoch: int, batch: int, totals, ranks=None):
         """Write supernet.pt atomically: everything that steers the next step, so a resumed run is exact.
 
@@ -248,15 +317,28 @@ def main():
             totals = torch.stack(per_rank)  # (world_size, 3)
         if not d.master:
             return
-        common.atomic_save({
-            "stage": "train", "space": args.space, "epoch": epoch, "batch": batch, "totals": totals, "step": step,
-            "world_size": d.world_size, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "supernet_args": raw_model.args, "config": vars(args), "labels": record,
-            "rng": {"path": path_gen.get_state()},
-            # which parameters hold a gradient tensor (zeros included): with --unsampled decay they keep decaying
-            "grad_holders": [n for n, q in raw_model.named_parameters() if q.grad is not None],
-            "w0": {"file": "supernet_init.pt", "fingerprint": w0_fp}, "ddp_ranks": ranks,
-        }, ckpt_path)
+        common.atomic_save(
+            {
+                "stage": "train",
+                "space": args.space,
+                "epoch": epoch,
+                "batch": batch,
+                "totals": totals,
+                "step": step,
+                "world_size": d.world_size,
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "supernet_args": raw_model.args,
+                "config": vars(args),
+                "labels": record,
+                "rng": {"path": path_gen.get_state()},
+                # which parameters hold a gradient tensor (zeros included): with --unsampled decay they keep decaying
+                "grad_holders": [n for n, q in raw_model.named_parameters() if q.grad is not None],
+                "w0": {"file": "supernet_init.pt", "fingerprint": w0_fp},
+                "ddp_ranks": ranks,
+            },
+            ckpt_path,
+        )
 
     t_run, steps_run = time.time(), 0
     for epoch in range(start_epoch, args.epochs):
@@ -264,8 +346,17 @@ def main():
         for group in optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # augmentation draws: replayable on resume
-        loader = make_loader(train_set, args.batch_size, train=True, seed=args.seed, epoch=epoch, rank=d.rank,
-                             world_size=d.world_size, num_workers=args.workers, pin_memory=d.device.type == "cuda")
+        loader = make_loader(
+            train_set,
+            args.batch_size,
+            train=True,
+            seed=args.seed,
+            epoch=epoch,
+            rank=d.rank,
+            world_size=d.world_size,
+            num_workers=args.workers,
+            pin_memory=d.device.type == "cuda",
+        )
         model.train()
         t0, seen = time.time(), 0
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images on this rank
@@ -286,8 +377,10 @@ def main():
             if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
                 rate = seen * d.world_size / (time.time() - t0)
                 eta = ((args.epochs - epoch) * len(loader) - (i + 1)) * (time.time() - t_run) / steps_run
-                print0(f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
-                       f"acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | ETA {common.format_time(eta)}")
+                print0(
+                    f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
+                    f"acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | ETA {common.format_time(eta)}"
+                )
             if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
                 save(epoch, i + 1, totals)  # bounds the work a crash loses inside a long epoch
         ranks = None
@@ -304,9 +397,15 @@ def main():
                 raise RuntimeError(f"DDP ranks disagree after epoch {epoch + 1} (labels sha256, weights fingerprint): {ranks}")
         seconds = time.time() - t0
         if d.master:
-            entry = {"epoch": epoch + 1, "step": step, "loss": totals[0].item() / totals[2].item(),
-                     "acc": 100 * totals[1].item() / totals[2].item(), "lr": lr,
-                     "img_per_s": seen * d.world_size / seconds, "seconds": seconds}
+            entry = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": totals[0].item() / totals[2].item(),
+                "acc": 100 * totals[1].item() / totals[2].item(),
+                "lr": lr,
+                "img_per_s": seen * d.world_size / seconds,
+                "seconds": seconds,
+            }
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
         # the log line first, then the checkpoint: a crash in between only repeats this epoch

@@ -5,15 +5,17 @@ import random
 
 import pytest
 import torch
+from conftest import TINY
 
 import angle as A
 import supernet as S
-from conftest import TINY
 
 
 def perturbed(state, scale, seed):
     gen = torch.Generator().manual_seed(seed)
-    return {k: v + scale * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone() for k, v in state.items()}
+    return {
+        k: v + scale * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone() for k, v in state.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +25,16 @@ def full_size():
     return w0, perturbed(w0, 0.05, 1), S.Supernet().args
 
 
-@pytest.mark.parametrize("text, length", [
-    ("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|", 73306),
-    ("|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|", 113626),
-    ("|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|", 288346),
-    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", 2008666),
-    ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|", 557146),
-])
+@pytest.mark.parametrize(
+    "text, length",
+    [
+        ("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|", 73306),
+        ("|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|", 113626),
+        ("|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|", 288346),
+        ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", 2008666),
+        ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|", 557146),
+    ],
+)
 def test_vector_lengths_match_spec_table(full_size, text, length):
     w0, _, args = full_size
     assert A.weight_vector(w0, S.str_to_arch(text), args).numel() == length  # SPEC 4.2, C=16 N=5, 10 classes

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-
 from test_scripts import TINY, run
 
 
@@ -24,19 +23,26 @@ def run_dir(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--space", "foo"], ["invalid choice", "--space"]),
-    (["--epochs", "-1"], ["--epochs", ">= 1"]),
-    (["--batch-size", "0"], ["--batch-size"]),
-    (["--lr", "abc"], ["--lr"]),
-    (["--dataset", "imagenet16-120", "--data", "/nonexistent/dir"], ["--data", "--dataset fake"]),
-    (["--dataset", "folder", "--data", "/nonexistent/dir"], ["/nonexistent/dir"]),
-    (["--resume", "--out", "/nonexistent/run"], ["nothing to resume"]),
-    (["--labels", "true", "--label-classes", "5"], ["--label-classes"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--space", "foo"], ["invalid choice", "--space"]),
+        (["--epochs", "-1"], ["--epochs", ">= 1"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--lr", "abc"], ["--lr"]),
+        (["--dataset", "imagenet16-120", "--data", "/nonexistent/dir"], ["--data", "--dataset fake"]),
+        (["--dataset", "folder", "--data", "/nonexistent/dir"], ["/nonexistent/dir"]),
+        (["--resume", "--out", "/nonexistent/run"], ["nothing to resume"]),
+        (["--labels", "true", "--label-classes", "5"], ["--label-classes"]),
+    ],
+)
 def test_train_bad_flags(args, words, tmp_path):
-    assert_user_error(run("train.py", *args, "--out", tmp_path / "x", check=False) if "--out" not in args
-                      else run("train.py", *args, check=False), *words)
+    assert_user_error(
+        run("train.py", *args, "--out", tmp_path / "x", check=False)
+        if "--out" not in args
+        else run("train.py", *args, check=False),
+        *words,
+    )
     assert not (tmp_path / "x").exists() or not os.listdir(tmp_path / "x")  # nothing written
 
 
@@ -48,7 +54,9 @@ def test_train_missing_cifar_without_network(tmp_path):
 
 def test_train_folder_with_wrong_layout(tmp_path):
     (tmp_path / "imgs" / "cat").mkdir(parents=True)  # no train/ and test/
-    assert_user_error(run("train.py", "--dataset", "folder", "--data", tmp_path / "imgs", "--out", tmp_path / "x", check=False), "train")
+    assert_user_error(
+        run("train.py", "--dataset", "folder", "--data", tmp_path / "imgs", "--out", tmp_path / "x", check=False), "train"
+    )
 
 
 def test_existing_run_is_never_overwritten(run_dir):
@@ -74,13 +82,23 @@ def test_search_bad_inputs(run_dir, tmp_path):
     # a W0 from another run (other seed): the fingerprint does not match
     other = tmp_path / "other"
     run("train.py", *TINY, "--epochs", 1, "--seed", 1, "--out", other)
-    assert_user_error(run("search.py", "--ckpt", ckpt, "--w0", other / "supernet_init.pt", "--out", tmp_path / "s.json",
-                          check=False), "not the W0")
+    assert_user_error(
+        run("search.py", "--ckpt", ckpt, "--w0", other / "supernet_init.pt", "--out", tmp_path / "s.json", check=False),
+        "not the W0",
+    )
     # a checkpoint of another shape than it claims
     bad = torch.load(ckpt, weights_only=True)
     bad["supernet_args"] = dict(bad["supernet_args"], channels=8)
     torch.save(bad, tmp_path / "shape.pt")
     assert_user_error(run("search.py", "--ckpt", tmp_path / "shape.pt", check=False), "does not hold the weights")
+    # a checkpoint of another search space
+    bad["supernet_args"] = dict(bad["supernet_args"], channels=4, space="darts")
+    torch.save(bad, tmp_path / "space.pt")
+    assert_user_error(run("search.py", "--ckpt", tmp_path / "space.pt", check=False), "'darts' supernet")
+    # resuming train.py from a checkpoint that is not a complete train.py checkpoint
+    (tmp_path / "r").mkdir()
+    torch.save({"stage": "train", "model": {}}, tmp_path / "r" / "supernet.pt")
+    assert_user_error(run("train.py", "--resume", "--out", tmp_path / "r", check=False), "not a complete train.py checkpoint")
     # a pickle that tries to run code is refused by weights_only=True
     torch.save({"model": Evil()}, tmp_path / "evil.pt")
     res = run("search.py", "--ckpt", tmp_path / "evil.pt", check=False)
@@ -96,21 +114,27 @@ class Evil:
 def test_search_bad_benchmark_and_resume_file(run_dir, tmp_path):
     ckpt = run_dir / "supernet.pt"
     (tmp_path / "b.csv").write_text("Foo,Bar\n1,2\n")
-    assert_user_error(run("search.py", "--ckpt", ckpt, "--benchmark", tmp_path / "b.csv", "--out", tmp_path / "s.json",
-                          check=False), "ArchitectureString")
+    assert_user_error(
+        run("search.py", "--ckpt", ckpt, "--benchmark", tmp_path / "b.csv", "--out", tmp_path / "s.json", check=False),
+        "ArchitectureString",
+    )
     (tmp_path / "c.csv").write_text("CIFAR10TestAccuracy200Epochs,ArchitectureString\n90.0,|conv~0|+|x|\n")
-    assert_user_error(run("search.py", "--ckpt", ckpt, "--benchmark", tmp_path / "c.csv", "--out", tmp_path / "s.json",
-                          check=False), "line 2")
+    assert_user_error(
+        run("search.py", "--ckpt", ckpt, "--benchmark", tmp_path / "c.csv", "--out", tmp_path / "s.json", check=False),
+        "line 2",
+    )
     # --resume of a search.json that belongs to another checkpoint
     json.dump({"ckpt_fingerprint": "0" * 64, "settings": {}, "evaluated": []}, open(tmp_path / "old.json", "w"))
-    assert_user_error(run("search.py", "--ckpt", ckpt, "--out", tmp_path / "old.json", "--resume", check=False),
-                      "another checkpoint")
+    assert_user_error(
+        run("search.py", "--ckpt", ckpt, "--out", tmp_path / "old.json", "--resume", check=False), "another checkpoint"
+    )
 
 
 def test_retrain_bad_inputs(tmp_path):
     assert_user_error(run("retrain.py", "--arch", "|nor_conv_3x3~0|+|none~0|", check=False), "malformed", "nodes")
-    assert_user_error(run("retrain.py", "--arch", "|conv_9x9~0|+|none~0|none~1|+|none~0|none~1|none~2|", check=False),
-                      "unknown op")
+    assert_user_error(
+        run("retrain.py", "--arch", "|conv_9x9~0|+|none~0|none~1|+|none~0|none~1|none~2|", check=False), "unknown op"
+    )
     assert_user_error(run("retrain.py", check=False), "--arch", "--ckpt-search")
     assert_user_error(run("retrain.py", "--ckpt-search", tmp_path / "nope.json", check=False), "does not exist")
     (tmp_path / "s.json").write_text("{}")

@@ -101,8 +101,18 @@ def test_mutants_never_introduce_excluded_values():
     # later candidate must then be inherited from some parent in the previous archive.
     def introduced_zeros(mutation_choices):
         seen: list[Generation] = []
-        evolve(CHOICES10, Recorder(), population=30, topk=10, mutations=30, crossovers=0, generations=10, seed=5,
-               mutation_choices=mutation_choices, on_generation=seen.append)
+        evolve(
+            CHOICES10,
+            Recorder(),
+            population=30,
+            topk=10,
+            mutations=30,
+            crossovers=0,
+            generations=10,
+            seed=5,
+            mutation_choices=mutation_choices,
+            on_generation=seen.append,
+        )
         return sum(
             1
             for before, after in zip(seen, seen[1:])
@@ -144,8 +154,13 @@ def test_memo_entries_off_the_trajectory_are_not_reported():
 def test_nb201_defaults_score_exactly_2000():
     fitness = Recorder(target=(3, 3, 3, 1, 3, 2))
     checked = []
-    result = evolve([[0, 1, 2, 3, 4]] * 6, fitness, mutation_choices=[[1, 2, 3, 4]] * 6, seed=0,
-                    constraint=lambda arch: checked.append(arch) or True)
+    result = evolve(
+        [[0, 1, 2, 3, 4]] * 6,
+        fitness,
+        mutation_choices=[[1, 2, 3, 4]] * 6,
+        seed=0,
+        constraint=lambda arch: checked.append(arch) or True,
+    )
     assert len(result.evaluated) == 2000 and result.generations == 20
     assert len(checked) == 2000  # no offspring are built (and checked) after the last generation
     assert [len(call) for call in fitness.calls] == [100] * 20

@@ -8,18 +8,40 @@ import sys
 import time
 
 import torch
-
 from test_scripts import ROOT, load, run
 
 # 640 fake images at batch 16 = 40 steps an epoch, 8 epochs: long enough to be killed early, short enough for CI
-LONG = ["--dataset", "fake", "--fake-images", "640", "--image-size", "8", "--channels", "4", "--layers", "1",
-        "--batch-size", "16", "--workers", "0", "--log-every", "1000", "--epochs", "8"]
+LONG = [
+    "--dataset",
+    "fake",
+    "--fake-images",
+    "640",
+    "--image-size",
+    "8",
+    "--channels",
+    "4",
+    "--layers",
+    "1",
+    "--batch-size",
+    "16",
+    "--workers",
+    "0",
+    "--log-every",
+    "1000",
+    "--epochs",
+    "8",
+]
 
 
 def start(script, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_when(proc, ready, timeout=120):
@@ -68,15 +90,30 @@ def test_train_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
         assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
     assert a["labels"] == b["labels"] and a["step"] == b["step"] == 8 * 40 and a["grad_holders"] == b["grad_holders"]
     assert (ref / "supernet_init.pt").read_bytes() != b"" and torch.equal(
-        load(ref / "supernet_init.pt")["model"]["stem.0.weight"], load(crashed / "supernet_init.pt")["model"]["stem.0.weight"])
+        load(ref / "supernet_init.pt")["model"]["stem.0.weight"], load(crashed / "supernet_init.pt")["model"]["stem.0.weight"]
+    )
     assert log_without_timing(ref / "log.jsonl") == log_without_timing(crashed / "log.jsonl")
 
 
 def test_search_sigkill_between_generations_then_resume(tmp_path):
     # a tiny trained supernet, then a long, slow search (small generations, many of them) that gets killed
     run("train.py", *LONG[:-1], "1", "--out", tmp_path / "sn")
-    flags = ["--ckpt", tmp_path / "sn" / "supernet.pt", "--population", 12, "--topk", 4, "--mutations", 6,
-             "--crossovers", 6, "--generations", 400, "--seed", 1]
+    flags = [
+        "--ckpt",
+        tmp_path / "sn" / "supernet.pt",
+        "--population",
+        12,
+        "--topk",
+        4,
+        "--mutations",
+        6,
+        "--crossovers",
+        6,
+        "--generations",
+        400,
+        "--seed",
+        1,
+    ]
     run("search.py", *flags, "--out", tmp_path / "ref.json")
     proc = start("search.py", *flags, "--out", tmp_path / "crashed.json")
 
@@ -110,9 +147,25 @@ def test_retrain_sigkill_then_resume_is_bit_exact(tmp_path):
 
 def test_ddp_rank_death_stops_the_others_then_resume(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), *LONG, "--epochs", 30, "--device", "cpu", "--backend", "gloo",
-           "--dist-timeout", 1, "--out", out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(ROOT, "train.py"),
+        *LONG,
+        "--epochs",
+        30,
+        "--device",
+        "cpu",
+        "--backend",
+        "gloo",
+        "--dist-timeout",
+        1,
+        "--out",
+        out,
+    ]
     cmd = [str(c) for c in cmd]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -127,16 +180,31 @@ def test_ddp_rank_death_stops_the_others_then_resume(tmp_path):
             environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         except (OSError, ValueError):
             continue
-        if b"RANK=1" in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ) and str(out).encode() in open(
-                f"/proc/{pid}/cmdline", "rb").read():
+        if (
+            b"RANK=1" in environ
+            and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ)
+            and str(out).encode() in open(f"/proc/{pid}/cmdline", "rb").read()
+        ):
             victim = int(pid)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
     output, _ = proc.communicate(timeout=120)  # no hang: torchrun stops rank 0, which says why in one line
     assert proc.returncode != 0
     assert "restart the same command with --resume" in output
-    res = run("train.py", *LONG, "--epochs", 30, "--device", "cpu", "--backend", "gloo", "--resume", "--out", out,
-              launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])
+    res = run(
+        "train.py",
+        *LONG,
+        "--epochs",
+        30,
+        "--device",
+        "cpu",
+        "--backend",
+        "gloo",
+        "--resume",
+        "--out",
+        out,
+        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    )
     ckpt = load(out / "supernet.pt")
     assert ckpt["epoch"] == 30 and ckpt["ddp_ranks"][0] == ckpt["ddp_ranks"][1]
     assert "resumed" in res.stdout

@@ -12,8 +12,24 @@ import torch
 import supernet as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset", "fake", "--fake-images", "96", "--image-size", "8", "--channels", "4", "--layers", "1",
-        "--batch-size", "32", "--workers", "0", "--log-every", "1"]
+TINY = [
+    "--dataset",
+    "fake",
+    "--fake-images",
+    "96",
+    "--image-size",
+    "8",
+    "--channels",
+    "4",
+    "--layers",
+    "1",
+    "--batch-size",
+    "32",
+    "--workers",
+    "0",
+    "--log-every",
+    "1",
+]
 
 
 def run(script, *args, check=True, cwd=None, launcher=None):
@@ -32,7 +48,9 @@ def load(path):
 def write_fake_benchmark(path):
     # a synthetic benchmark in the NB201 CSV format: accuracy grows with the parameter proxy 9*#3x3 + #1x1
     with open(path, "w") as f:
-        f.write("CIFAR10TestAccuracy200Epochs,CIFAR100TestAccuracy200Epochs,ImageNetTestAccuracy200Epochs,ArchitectureString\n")
+        f.write(
+            "CIFAR10TestAccuracy200Epochs,CIFAR100TestAccuracy200Epochs,ImageNetTestAccuracy200Epochs,ArchitectureString\n"
+        )
         for a in S.all_archs():
             proxy = 9 * a.count(3) + a.count(2)
             f.write(f"{80 + proxy / 6:.3f},{50 + proxy / 5:.3f},{20 + proxy / 4:.3f},{S.arch_to_str(a)}\n")
@@ -124,7 +142,9 @@ def test_train_resume_is_exact(trained, tmp_path):
     assert torch.equal(full["rng"]["path"], resumed["rng"]["path"]) and full["grad_holders"] == resumed["grad_holders"]
     losses = lambda p: [json.loads(line)["loss"] for line in open(p)]  # noqa: E731
     assert losses(out / "log.jsonl") == losses(b / "log.jsonl")
-    assert torch.equal(load(out / "supernet_init.pt")["model"]["stem.0.weight"], load(b / "supernet_init.pt")["model"]["stem.0.weight"])
+    assert torch.equal(
+        load(out / "supernet_init.pt")["model"]["stem.0.weight"], load(b / "supernet_init.pt")["model"]["stem.0.weight"]
+    )
 
 
 def test_retrain_from_search_json(trained, tmp_path):
@@ -177,7 +197,20 @@ def test_torchrun_two_ranks_agree(tmp_path):
 def test_torchrun_retrain(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
-    res = run("retrain.py", "--arch", arch, *TINY, "--epochs", 1, "--device", "cpu", "--backend", "gloo",
-              "--out", tmp_path / "re", launcher=launcher)
+    res = run(
+        "retrain.py",
+        "--arch",
+        arch,
+        *TINY,
+        "--epochs",
+        1,
+        "--device",
+        "cpu",
+        "--backend",
+        "gloo",
+        "--out",
+        tmp_path / "re",
+        launcher=launcher,
+    )
     assert res.stdout.count("done:") == 1
     assert load(tmp_path / "re" / "retrain.pt")["epoch"] == 1

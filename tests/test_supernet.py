@@ -4,9 +4,9 @@ import collections
 
 import pytest
 import torch
+from conftest import TINY
 
 import supernet as S
-from conftest import TINY
 
 RESNET = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
 
@@ -23,14 +23,17 @@ def test_arch_string_known_value():
     assert S.arch_to_str((3, 0, 3, 1, 0, 1)) == RESNET
 
 
-@pytest.mark.parametrize("bad, words", [
-    ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|", "nodes"),
-    ("|conv_7x7~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|", "unknown op"),
-    ("|nor_conv_3x3~1|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|", "op~0"),
-    ("|nor_conv_3x3~0|+|none~0|+|skip_connect~0|none~1|skip_connect~2|", "needs 2 inputs"),
-    ("nor_conv_3x3~0+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|", "wrapped"),
-    ("", "nodes"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|", "nodes"),
+        ("|conv_7x7~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|", "unknown op"),
+        ("|nor_conv_3x3~1|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|", "op~0"),
+        ("|nor_conv_3x3~0|+|none~0|+|skip_connect~0|none~1|skip_connect~2|", "needs 2 inputs"),
+        ("nor_conv_3x3~0+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|", "wrapped"),
+        ("", "nodes"),
+    ],
+)
 def test_malformed_strings_name_the_problem(bad, words):
     with pytest.raises(ValueError, match=words) as err:
         S.str_to_arch(bad)
