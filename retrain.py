@@ -59,13 +59,17 @@ p.add_argument("--eval-every", type=common.number(int), default=1, help="test ev
 p.add_argument("--out", default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)")
 p.add_argument("--resume", action="store_true", help="continue the run in --out")
 p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+p.add_argument(
+    "--save-every-steps", type=common.number(int, 0), default=0, help="also checkpoint every N steps inside an epoch (0 = off)"
+)
 p.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
 p.add_argument(
     "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank"
 )
-RUN_FLAGS = {"out", "resume", "force", "log_every", "device", "backend", "dist_timeout", "data", "eval_every"}
+RUN_FLAGS = {"out", "resume", "force", "log_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
+RUN_FLAGS |= {"eval_every"}  # how often to test changes no weight
 
 
 def resolve_arch(args) -> tuple:
@@ -184,11 +188,14 @@ def main():
         nesterov=args.nesterov and args.momentum > 0,
         weight_decay=args.wd,
     )
-    start_epoch = 0
+    start_epoch, start_batch, step = 0, 0, 0
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = ckpt["epoch"]
+        try:
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"{ckpt_path} does not fit the network it describes ({str(err).splitlines()[0][:120]})") from None
+        start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch", 0), ckpt.get("step", 0)
         if d.master and os.path.exists(log_path):  # the epoch a crash lost is redone: drop its log line
             with open(log_path) as f:
                 kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= start_epoch]
@@ -205,9 +212,31 @@ def main():
         f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}"
     )
 
+    def save(epoch: int, batch: int, totals):
+        """retrain.pt, atomically; `batch` > 0 marks a mid-epoch checkpoint (--save-every-steps), with every rank's
+        running totals so the resumed epoch logs the same numbers."""
+        if batch:
+            per_rank = [totals.clone()]
+            if d.ddp:
+                per_rank = [None] * d.world_size
+                torch.distributed.all_gather_object(per_rank, totals.clone())
+            totals = torch.stack(per_rank)  # (world_size, 3)
+        if d.master:
+            state = {
+                "stage": "retrain",
+                "epoch": epoch,
+                "batch": batch,
+                "step": step,
+                "totals": totals,
+                "arch": arch_to_str(arch),
+            }
+            state.update(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), config=vars(args))
+            common.atomic_save({**state, "test_top1": top1, "test_top5": top5}, ckpt_path)
+
     # ------------------------------------------------------------------------------------------
     # Training loop (cosine to 0 per epoch, as NAS-Bench-201).
-    t_run, steps_run, top1, top5 = time.time(), 0, None, None
+    t_run, steps_run = time.time(), 0
+    top1, top5 = (ckpt.get("test_top1"), ckpt.get("test_top5")) if ckpt else (None, None)
     for epoch in range(start_epoch, args.epochs):
         lr = 0.5 * args.lr * (1 + torch.cos(torch.tensor(torch.pi * epoch / args.epochs)).item())
         for group in optimizer.param_groups:
@@ -225,8 +254,12 @@ def main():
             pin_memory=d.device.type == "cuda",
         )
         model.train()
-        t0, totals = time.time(), torch.zeros(3, dtype=torch.float64)
+        t0, seen, totals, skip = time.time(), 0, torch.zeros(3, dtype=torch.float64), 0
+        if epoch == start_epoch and start_batch:  # resuming inside this epoch: its first batches are done
+            skip, totals = start_batch, ckpt["totals"][d.rank].clone()
         for i, (x, y) in enumerate(loader):
+            if i < skip:
+                continue  # drawn again (same order, same crops) but already trained on
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
             logits = model(x)  # (B, K)
             loss = F.cross_entropy(logits, y)
@@ -236,15 +269,17 @@ def main():
             if not torch.isfinite(loss):
                 raise SystemExit(f"retrain.py: error: the loss became {loss.item()} at epoch {epoch} step {i}; lower --lr")
             totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
-            steps_run += 1
+            steps_run, seen, step = steps_run + 1, seen + len(y), step + 1
             if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
-                rate = totals[2].item() * d.world_size / (time.time() - t0)
+                rate = seen * d.world_size / (time.time() - t0)
                 eta = ((args.epochs - epoch) * len(loader) - i - 1) * (time.time() - t_run) / steps_run
                 print0(
                     f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
                     f"train acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | "
                     f"ETA {common.format_time(eta)}"
                 )
+            if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
+                save(epoch, i + 1, totals)
         if d.ddp:  # the epoch's loss and accuracy over all ranks
             totals = totals.to(d.device)
             torch.distributed.all_reduce(totals)
@@ -263,21 +298,7 @@ def main():
         if d.master:
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
-            common.atomic_save(
-                {
-                    "stage": "retrain",
-                    "epoch": epoch + 1,
-                    "arch": arch_to_str(arch),
-                    "model": raw_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "config": vars(args),
-                    "test_top1": top1,
-                    "test_top5": top5,
-                },
-                ckpt_path,
-            )
-    if top1 is None and ckpt is not None:
-        top1, top5 = ckpt.get("test_top1"), ckpt.get("test_top5")
+        save(epoch + 1, 0, None)  # after the log line: a crash in between only repeats this epoch
     print0(f"done: {arch_to_str(arch)} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
     common.cleanup_distributed(d)
 

@@ -132,12 +132,19 @@ def test_search_sigkill_between_generations_then_resume(tmp_path):
     assert f"{len(partial['evaluated']):,} taken from the interrupted run" in res.stdout
 
 
-def test_retrain_sigkill_then_resume_is_bit_exact(tmp_path):
+def test_retrain_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|none~2|"
     flags = ["--arch", arch, *LONG[:-1], "6", "--eval-every", "2"]
     run("retrain.py", *flags, "--out", tmp_path / "ref")
-    proc = start("retrain.py", *flags, "--out", tmp_path / "crashed")
-    kill_when(proc, lambda: os.path.exists(tmp_path / "crashed" / "retrain.pt"))
+    proc = start("retrain.py", *flags, "--save-every-steps", 5, "--out", tmp_path / "crashed")
+
+    def mid_epoch_checkpoint():
+        try:
+            return load(tmp_path / "crashed" / "retrain.pt")["batch"] > 0
+        except (FileNotFoundError, RuntimeError, EOFError):
+            return False
+
+    kill_when(proc, mid_epoch_checkpoint)
     run("retrain.py", *flags, "--resume", "--out", tmp_path / "crashed")
     a, b = load(tmp_path / "ref" / "retrain.pt"), load(tmp_path / "crashed" / "retrain.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
