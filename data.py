@@ -377,3 +377,118 @@ def make_loader(
         generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, rank)),
         persistent_workers=num_workers > 0,
     )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# BOILERPLATE: the fast path for datasets held in memory (cifar10/100, imagenet16-120, fake). The uint8 images sit on
+# the training device once; each batch is gathered, flipped, padded and cropped with tensor ops for the whole batch,
+# then normalized. No worker processes, no per-image PIL calls. Same augmentation semantics as build_transform.
+
+
+def in_memory(dataset: Dataset) -> bool:
+    """Can `dataset` (a Relabeled view) take the fast path? Only if its images are one uint8 tensor."""
+    return isinstance(getattr(dataset, "base", None), TensorImages)
+
+
+def augment_batch(images: torch.Tensor, flips: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """The official train augmentation for a whole batch: horizontal flip, then RandomCrop(S, padding=pad).
+
+    images (B, 3, H, W) uint8, flips (B,) bool, offsets (B, 2) ints in [0, 2*pad] = the crop's top-left corner in the
+    zero-padded image, as RandomCrop draws it. Returns (B, 3, H, W) uint8.
+    """
+    b, c, h, w = images.shape
+    x = torch.where(flips.view(b, 1, 1, 1), images.flip(3), images)  # flip first, as the official pipeline
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, 3, H+2p, W+2p), padded pixels are 0 (black)
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # (B, H): rows of each crop
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # (B, W): columns of each crop
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return x[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]  # (B, 3, H, W)
+
+
+class TensorBatches:
+    """One epoch of batches from a Relabeled view of an in-memory dataset, made on `device` with tensor ops.
+
+    Deterministic per (seed, epoch, rank) like make_loader: the order is a permutation drawn from (seed, epoch) and
+    sharded rank::world_size (padded with its first indices to a multiple of world_size, as DistributedSampler does);
+    the flips and crop offsets come from a generator seeded by (seed, epoch, rank), drawn on the CPU so they do not
+    depend on the device. Test split (train=False): in order, sharded without padding, no augmentation.
+    Yields (x (B, 3, H, W) float normalized, y (B,) long), both on `device`.
+    """
+
+    def __init__(
+        self,
+        dataset: "Relabeled",
+        batch_size: int,
+        train: bool,
+        seed: int,
+        epoch: int,
+        device,
+        rank: int = 0,
+        world_size: int = 1,
+        cache: dict | None = None,
+    ):
+        assert in_memory(dataset), "TensorBatches needs a dataset whose images are one uint8 tensor"
+        base = dataset.base
+        norm = next(t for t in base.transform.transforms if isinstance(t, _Normalize))  # the dataset's mean and std
+        key = (id(dataset), str(device))
+        if cache is not None and key in cache:  # the device copy is made once per run, not once per epoch
+            self.images, self.labels = cache[key]
+        else:
+            self.images = base.images[dataset.indices].to(device)  # (N, 3, H, W) uint8
+            self.labels = dataset.labels_used.to(device)  # (N,)
+            if cache is not None:
+                cache[key] = (self.images, self.labels)
+        self.mean, self.std = norm.mean.to(device), norm.std.to(device)  # (3, 1, 1) each
+        self.batch_size, self.train, self.device = batch_size, train, device
+        self.augment = train and any(isinstance(t, v2.RandomCrop) for t in base.transform.transforms)
+        self.pad = self.images.shape[-1] // 8  # RandomCrop(S, padding=S//8): 4 for 32x32, 2 for 16x16
+        n = len(self.labels)
+        if train:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))  # (N,)
+            if world_size > 1:
+                order = torch.cat([order, order[: (-n) % world_size]])  # pad to a multiple of world_size
+            self.order = order[rank::world_size]
+            g = torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
+            self.flips = torch.rand(len(self.order), generator=g) < 0.5  # (N_r,) p = 0.5, as RandomHorizontalFlip
+            self.offsets = torch.randint(0, 2 * self.pad + 1, (len(self.order), 2), generator=g)  # (N_r, 2)
+        else:
+            self.order = torch.arange(rank, n, world_size)
+
+    def __len__(self) -> int:
+        return (len(self.order) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        for start in range(0, len(self.order), self.batch_size):
+            idx = self.order[start : start + self.batch_size]
+            x = self.images[idx.to(self.device)]  # (B, 3, H, W) uint8
+            if self.augment:
+                sl = slice(start, start + len(idx))
+                x = augment_batch(x, self.flips[sl].to(self.device), self.offsets[sl].to(self.device), self.pad)
+            x = (x.to(torch.float32) / 255 - self.mean) / self.std  # (B, 3, H, W), same formula as _Normalize
+            yield x, self.labels[idx.to(self.device)]
+
+
+def epoch_loader(
+    dataset,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    device,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    fast: bool = True,
+    cache: dict | None = None,
+):
+    """The batches of one epoch: TensorBatches when `fast` (the dataset must be in memory), else a DataLoader.
+
+    Both are functions of (seed, epoch, rank). With the DataLoader and num_workers == 0 the caller reseeds torch's
+    global RNG per (seed, epoch, rank) first, because the per-sample transforms draw from it.
+    """
+    if fast:
+        return TensorBatches(dataset, batch_size, train, seed, epoch, device, rank, world_size, cache)
+    return make_loader(
+        dataset, batch_size, train, seed, epoch, rank, world_size, num_workers, pin_memory=device.type == "cuda"
+    )

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from common import UsageError, print0
-from data import DATASETS, DataError, Relabeled, epoch_seed, load_dataset, make_loader, subset_indices
+from data import DATASETS, DataError, Relabeled, epoch_loader, epoch_seed, in_memory, load_dataset, subset_indices
 from supernet import Subnet, arch_to_str, str_to_arch
 
 # ----------------------------------------------------------------------------------------------
@@ -48,6 +48,14 @@ p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on
 p.add_argument("--data-seed", type=int, default=0, help="seed of --subset and of the fake data (0)")
 p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
 p.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (2)")
+p.add_argument(
+    "--data-path",
+    default="auto",
+    choices=["auto", "tensor", "loader"],
+    help="tensor: batched on-device augmentation (in-memory data); loader: per-image DataLoader; auto = tensor if possible",
+)
+p.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
+p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the model and batches")
 p.add_argument("--epochs", type=common.number(int), default=200, help="epochs (200)")
 p.add_argument("--batch-size", type=common.number(int), default=256, help="batch size per process (256)")
 p.add_argument("--lr", type=common.number(float, 0), default=0.1, help="initial learning rate, cosine to 0 (0.1)")
@@ -165,21 +173,24 @@ def main():
         common.make_run_dir(args.out, args.force)
     if d.ddp:
         torch.distributed.barrier()
-    test_loader = make_loader(
-        test_set,
-        args.batch_size,
-        train=False,
-        seed=args.seed,
-        epoch=0,
-        rank=d.rank,
-        world_size=d.world_size,
-        num_workers=args.workers,
+    test_view = Relabeled(test_set, torch.arange(len(test_set)), test_set.targets.long())
+    if args.data_path == "tensor" and not in_memory(train_set):
+        raise UsageError(
+            f"--data-path tensor needs an in-memory dataset (cifar10/100, imagenet16-120, fake), not {args.dataset}"
+        )
+    fast, cache = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(train_set)), {}
+    test_loader = epoch_loader(
+        test_view, args.batch_size, False, args.seed, 0, d.device, d.rank, d.world_size, args.workers, fast, cache
     )
 
     # ------------------------------------------------------------------------------------------
     # Model and optimizer.
     torch.manual_seed(args.seed)
     raw_model = Subnet(arch, args.channels, args.layers, base.num_classes).to(d.device)
+    if args.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
     optimizer = torch.optim.SGD(
         raw_model.parameters(),
@@ -241,17 +252,10 @@ def main():
         lr = 0.5 * args.lr * (1 + torch.cos(torch.tensor(torch.pi * epoch / args.epochs)).item())
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # augmentation: replayable on resume
-        loader = make_loader(
-            train_set,
-            args.batch_size,
-            train=True,
-            seed=args.seed,
-            epoch=epoch,
-            rank=d.rank,
-            world_size=d.world_size,
-            num_workers=args.workers,
-            pin_memory=d.device.type == "cuda",
+        if not fast:
+            torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # per-sample augmentation: replayable on resume
+        loader = epoch_loader(
+            train_set, args.batch_size, True, args.seed, epoch, d.device, d.rank, d.world_size, args.workers, fast, cache
         )
         model.train()
         t0, seen, totals, skip = time.time(), 0, torch.zeros(3, dtype=torch.float64), 0
@@ -261,8 +265,11 @@ def main():
             if i < skip:
                 continue  # drawn again (same order, same crops) but already trained on
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
-            logits = model(x)  # (B, K)
-            loss = F.cross_entropy(logits, y)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):  # --amp: bf16 forward
+                logits = model(x)  # (B, K)
+                loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -35,7 +35,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 import random_labels
 from common import UsageError, print0
-from data import DATASETS, DataError, Relabeled, epoch_seed, load_dataset, make_loader, split_indices, subset_indices
+from data import (
+    DATASETS,
+    DataError,
+    Relabeled,
+    epoch_loader,
+    epoch_seed,
+    in_memory,
+    load_dataset,
+    split_indices,
+    subset_indices,
+)
 from supernet import Supernet, sample_path
 
 # ----------------------------------------------------------------------------------------------
@@ -64,6 +74,15 @@ p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on
 p.add_argument("--data-seed", type=int, default=0, help="seed of the half split and of --subset (default 0)")
 p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
 p.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (default 2)")
+p.add_argument(
+    "--data-path",
+    default="auto",
+    choices=["auto", "tensor", "loader"],
+    help="tensor: images on the device, augmented in batches (cifar, imagenet16, fake); loader: per-image DataLoader; "
+    "auto = tensor where the data is in memory",
+)
+p.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
+p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the model and batches")
 # labels
 p.add_argument("--labels", default="random", choices=["random", "true"], help="random (RLNAS) or true (the SPOS baseline)")
 p.add_argument("--label-seed", type=int, default=0, help="seed of the random-label draw, and nothing else (default 0)")
@@ -139,10 +158,11 @@ def lr_at(epoch: int, args) -> float:
     return args.lr_min + (args.lr - args.lr_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
 
 
-def train_step(model, optimizer, x, y, path, unsampled: str = "decay", grad_clip: float = 0.0):
+def train_step(model, optimizer, x, y, path, unsampled: str = "decay", grad_clip: float = 0.0, amp: bool = False):
     """One SPOS step on one sampled path; returns (loss, logits (B, K))."""
-    logits = model(x, path)  # (B, K): only the ops on `path` run, so only they get a gradient
-    loss = F.cross_entropy(logits, y)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):  # --amp: bf16 forward, fp32 weights
+        logits = model(x, path)  # (B, K): only the ops on `path` run, so only they get a gradient
+        loss = F.cross_entropy(logits.float(), y)
     # What happens to ops off the path is a choice that changes Wt, hence the angle:
     # decay (official): zero_grad(set_to_none=False) keeps the zero gradient tensors of ops sampled earlier, so SGD
     #   still applies weight decay and momentum to them. PyTorch 1.4, which produced the paper's numbers, did this.
@@ -224,6 +244,11 @@ def main():
         if saved.get("indices_sha256") != record["indices_sha256"]:
             raise UsageError("the resumed run would train on other images (split/subset changed); use the run's own settings")
     train_set = Relabeled(base, indices, labels)
+    if args.data_path == "tensor" and not in_memory(train_set):
+        raise UsageError(
+            f"--data-path tensor needs an in-memory dataset (cifar10/100, imagenet16-120, fake), not {args.dataset}"
+        )
+    fast, cache = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(train_set)), {}
     if not args.resume and d.master:
         common.make_run_dir(args.out, args.force)  # only now: a bad flag or missing data leaves nothing behind
     if d.ddp:
@@ -233,6 +258,10 @@ def main():
     # Model, W0, optimizer. The only global seeding call: the weight init (PyTorch defaults, pitfall 2).
     torch.manual_seed(args.seed)
     raw_model = Supernet(args.channels, args.layers, num_classes).to(d.device)
+    if args.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes per op: let cuDNN pick its fastest kernels
     model = raw_model
     if d.ddp:
         # Rule B: a single-path step leaves most parameters unused; DDP must be told, or it waits for their
@@ -345,17 +374,10 @@ def main():
         lr = lr_at(epoch, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # augmentation draws: replayable on resume
-        loader = make_loader(
-            train_set,
-            args.batch_size,
-            train=True,
-            seed=args.seed,
-            epoch=epoch,
-            rank=d.rank,
-            world_size=d.world_size,
-            num_workers=args.workers,
-            pin_memory=d.device.type == "cuda",
+        if not fast:
+            torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # per-sample augmentation draws: replayable on resume
+        loader = epoch_loader(
+            train_set, args.batch_size, True, args.seed, epoch, d.device, d.rank, d.world_size, args.workers, fast, cache
         )
         model.train()
         t0, seen = time.time(), 0
@@ -367,9 +389,11 @@ def main():
             if i < skip:
                 continue  # drawn (same order, same crops) but already trained on before the interruption
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             # RLNAS: SPOS step. One path per step, the same on every rank (sampled here, not inside forward).
             path = sample_path(path_gen, num_cells, share=args.sampling == "shared")
-            loss, logits = train_step(model, optimizer, x, y, path, args.unsampled, args.grad_clip)
+            loss, logits = train_step(model, optimizer, x, y, path, args.unsampled, args.grad_clip, args.amp)
             if not torch.isfinite(loss):
                 sys.exit(f"train.py: error: the loss became {loss.item()} at epoch {epoch} step {i}; lower --lr")
             totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)

@@ -447,3 +447,65 @@ def test_test_split_under_ddp_covers_every_image_once():
     ds = Indices(41)
     evals = [order(make_loader(ds, 6, train=False, seed=0, epoch=0, rank=r, world_size=2)) for r in (0, 1)]
     assert len(evals[0]) == 21 and len(evals[1]) == 20 and sorted(evals[0] + evals[1]) == list(range(41))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The fast path: batched on-device augmentation (TensorBatches), against the per-image torchvision pipeline.
+from data import TensorBatches, augment_batch, epoch_loader  # noqa: E402
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
+
+
+def test_augment_batch_equals_torchvision_flip_then_padded_crop():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), generator=g, dtype=torch.uint8)
+    flips = torch.rand(16, generator=g) < 0.5
+    offsets = torch.randint(0, 9, (16, 2), generator=g)
+    out = augment_batch(images, flips, offsets, 4)
+    for b in range(16):
+        x = TF.horizontal_flip(images[b]) if flips[b] else images[b]
+        x = TF.crop(TF.pad(x, [4]), int(offsets[b, 0]), int(offsets[b, 1]), 32, 32)  # RandomCrop's (top, left)
+        assert torch.equal(out[b], x)
+
+
+def test_tensor_batches_draw_offsets_and_flips_like_random_crop():
+    base = load_dataset("fake", "", "train", augment=True, fake_images=4000, image_size=16)
+    ds = Relabeled(base, torch.arange(4000), base.targets)
+    tb = TensorBatches(ds, 256, True, seed=0, epoch=0, device=torch.device("cpu"))
+    assert tb.pad == 2 and tb.augment
+    assert 0.45 < tb.flips.float().mean() < 0.55
+    for axis in (0, 1):
+        counts = torch.bincount(tb.offsets[:, axis], minlength=5)
+        assert len(counts) == 5 and counts.min() > 4000 / 5 * 0.85  # uniform over 0..2*pad
+    assert sorted(tb.order.tolist()) == list(range(4000))
+
+
+def test_tensor_batches_without_augmentation_equal_the_dataset_exactly():
+    for split in ("train", "test"):
+        base = load_dataset("fake", "", split, augment=False, fake_images=40)
+        ds = Relabeled(base, torch.arange(len(base)), base.targets)
+        fast = list(TensorBatches(ds, 7, False, seed=0, epoch=0, device=torch.device("cpu")))
+        xs, ys = torch.cat([x for x, _ in fast]), torch.cat([y for _, y in fast])
+        assert torch.equal(xs, torch.stack([base[i][0] for i in range(len(base))]))  # bit-identical normalization
+        assert torch.equal(ys, base.targets)
+
+
+def test_tensor_batches_are_deterministic_and_sharded():
+    base = load_dataset("fake", "", "train", augment=True, fake_images=50)
+    ds = Relabeled(base, torch.arange(50), base.targets)
+    cpu = torch.device("cpu")
+    a = [x for x, _ in TensorBatches(ds, 8, True, seed=1, epoch=2, device=cpu)]
+    b = [x for x, _ in TensorBatches(ds, 8, True, seed=1, epoch=2, device=cpu)]
+    c = [x for x, _ in TensorBatches(ds, 8, True, seed=1, epoch=3, device=cpu)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b)) and not all(torch.equal(u, v) for u, v in zip(a, c))
+    shards = [TensorBatches(ds, 8, True, seed=1, epoch=2, device=cpu, rank=r, world_size=2).order for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 25 and sorted(torch.cat(shards).tolist()) == list(range(50))
+    test = [TensorBatches(ds, 8, False, seed=1, epoch=2, device=cpu, rank=r, world_size=3).order for r in (0, 1, 2)]
+    assert sorted(torch.cat(test).tolist()) == list(range(50))  # test split: every image once, no padding
+
+
+def test_epoch_loader_picks_the_path():
+    base = load_dataset("fake", "", "train", augment=True, fake_images=20)
+    ds = Relabeled(base, torch.arange(20), base.targets)
+    cpu = torch.device("cpu")
+    assert isinstance(epoch_loader(ds, 4, True, 0, 0, cpu, fast=True), TensorBatches)
+    assert isinstance(epoch_loader(ds, 4, True, 0, 0, cpu, fast=False), torch.utils.data.DataLoader)

@@ -122,9 +122,14 @@ def test_search_resume_replays_the_same_trajectory(trained, tmp_path):
     assert "230 taken from the interrupted run" in res.stdout
 
 
-def test_train_resume_is_exact(trained, tmp_path):
-    # rebuild the state of the run after epoch 1 from its snapshot, resume, and compare with the full run
+@pytest.mark.parametrize("data_path", ["tensor", "loader"])
+def test_train_resume_is_exact(trained, tmp_path, data_path):
+    # rebuild the state of the run after epoch 1 from its snapshot, resume, and compare with the full run;
+    # for both data paths (batched tensor augmentation, the default here, and the per-image DataLoader)
     out, _ = trained
+    if data_path == "loader":
+        out = tmp_path / "loader-run"
+        run("train.py", *TINY, "--epochs", 3, "--keep-every", 1, "--data-path", "loader", "--out", out)
     b = tmp_path / "b"
     b.mkdir()
     for name in ("supernet_init.pt", "config.json"):
@@ -214,3 +219,13 @@ def test_torchrun_retrain(tmp_path):
     )
     assert res.stdout.count("done:") == 1
     assert load(tmp_path / "re" / "retrain.pt")["epoch"] == 1
+
+
+def test_amp_and_channels_last_run(tmp_path):
+    res = run("train.py", *TINY, "--epochs", 1, "--amp", "--channels-last", "--out", tmp_path / "amp")
+    assert "done:" in res.stdout
+    ckpt = load(tmp_path / "amp" / "supernet.pt")
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32 under autocast
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    res = run("retrain.py", "--arch", arch, *TINY, "--epochs", 1, "--amp", "--channels-last", "--out", tmp_path / "re")
+    assert "test top-1" in res.stdout
