@@ -55,7 +55,12 @@ p.add_argument(
     help="tensor: batched on-device augmentation (in-memory data); loader: per-image DataLoader; auto = tensor if possible",
 )
 p.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
-p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the model and batches")
+p.add_argument(
+    "--memory-format",
+    default="auto",
+    choices=["auto", "channels_last", "contiguous"],
+    help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
+)
 p.add_argument("--epochs", type=common.number(int), default=200, help="epochs (200)")
 p.add_argument("--batch-size", type=common.number(int), default=256, help="batch size per process (256)")
 p.add_argument("--lr", type=common.number(float, 0), default=0.1, help="initial learning rate, cosine to 0 (0.1)")
@@ -187,8 +192,8 @@ def main():
     # Model and optimizer.
     torch.manual_seed(args.seed)
     raw_model = Subnet(arch, args.channels, args.layers, base.num_classes).to(d.device)
-    if args.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
+    fmt = common.memory_format(args.memory_format, d.device)
+    raw_model = raw_model.to(memory_format=fmt)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
@@ -265,8 +270,7 @@ def main():
             if i < skip:
                 continue  # drawn again (same order, same crops) but already trained on
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=fmt)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):  # --amp: bf16 forward
                 logits = model(x)  # (B, K)
                 loss = F.cross_entropy(logits.float(), y)

@@ -174,6 +174,23 @@ class ResNetBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+def live_nodes(arch: Arch) -> set[int]:
+    """Nodes whose value reaches the cell output through non-'none' edges (the output node 3 always counts)."""
+    live = {NUM_NODES - 1}
+    for i, j in reversed(EDGES):  # edges sorted by target node: walk back from the output
+        if arch[EDGE_INDEX[i, j]] and i in live:
+            live.add(j)
+    return live
+
+
+def add_all(terms: list[torch.Tensor]) -> torch.Tensor:
+    """t1 + t2 + ... without Python's sum() starting from the integer 0 (one tensor op fewer per node)."""
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
 class SearchCell(nn.Module):
     """All 5 candidate ops on each of the 6 edges; forward runs only the ops named by `arch`."""
 
@@ -184,12 +201,17 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleDict({key: nn.ModuleList([make_op(op, c, affine, track) for op in OPS]) for key in EDGE_KEYS})
 
     def forward(self, x, arch: Arch):
-        # RLNAS: single path. node_i = sum_j op_{i<-j}(node_j); 'none' edges are skipped outright,
-        # so their ops get no gradient this step (exactly like x*0 in the official code).
+        # RLNAS: single path. node_i = sum_j op_{i<-j}(node_j); 'none' edges are skipped outright, so their ops get
+        # no gradient this step (like x*0 in the official code). A node that feeds only 'none' edges cannot reach the
+        # output: it is not computed at all (same result, less work; its ops get no gradient either way).
+        live = live_nodes(arch)
         nodes = [x]  # node0: (B, C, H, W)
         for i in range(1, NUM_NODES):
+            if i not in live:
+                nodes.append(None)
+                continue
             terms = [self.edges[f"{i}<-{j}"][arch[EDGE_INDEX[i, j]]](nodes[j]) for j in range(i) if arch[EDGE_INDEX[i, j]]]
-            nodes.append(sum(terms) if terms else torch.zeros_like(x))  # (B, C, H, W); all-'none' node = 0
+            nodes.append(add_all(terms) if terms else torch.zeros_like(x))  # (B, C, H, W); all-'none' node = 0
         return nodes[-1]
 
     def extra_repr(self):
@@ -209,7 +231,7 @@ class InferCell(nn.Module):
         nodes = [x]
         for i in range(1, NUM_NODES):
             terms = [self.edges[f"{i}<-{j}"](nodes[j]) for j in range(i) if f"{i}<-{j}" in self.edges]
-            nodes.append(sum(terms) if terms else torch.zeros_like(x))
+            nodes.append(add_all(terms) if terms else torch.zeros_like(x))
         return nodes[-1]
 
     def extra_repr(self):

@@ -82,7 +82,12 @@ p.add_argument(
     "auto = tensor where the data is in memory",
 )
 p.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
-p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the model and batches")
+p.add_argument(
+    "--memory-format",
+    default="auto",
+    choices=["auto", "channels_last", "contiguous"],
+    help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
+)
 # labels
 p.add_argument("--labels", default="random", choices=["random", "true"], help="random (RLNAS) or true (the SPOS baseline)")
 p.add_argument("--label-seed", type=int, default=0, help="seed of the random-label draw, and nothing else (default 0)")
@@ -258,8 +263,8 @@ def main():
     # Model, W0, optimizer. The only global seeding call: the weight init (PyTorch defaults, pitfall 2).
     torch.manual_seed(args.seed)
     raw_model = Supernet(args.channels, args.layers, num_classes).to(d.device)
-    if args.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
+    fmt = common.memory_format(args.memory_format, d.device)
+    raw_model = raw_model.to(memory_format=fmt)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes per op: let cuDNN pick its fastest kernels
     model = raw_model
@@ -389,8 +394,7 @@ def main():
             if i < skip:
                 continue  # drawn (same order, same crops) but already trained on before the interruption
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=fmt)
             # RLNAS: SPOS step. One path per step, the same on every rank (sampled here, not inside forward).
             path = sample_path(path_gen, num_cells, share=args.sampling == "shared")
             loss, logits = train_step(model, optimizer, x, y, path, args.unsampled, args.grad_clip, args.amp)

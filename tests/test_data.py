@@ -17,8 +17,21 @@ from torch.utils.data import Dataset
 
 # The repo root holds data.py; plain `pytest` (unlike `python -m pytest`) does not put it on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
+
 import data  # noqa: E402
-from data import DataError, Relabeled, epoch_seed, load_dataset, make_loader, split_indices, subset_indices  # noqa: E402
+from data import (  # noqa: E402
+    DataError,
+    Relabeled,
+    TensorBatches,
+    augment_batch,
+    epoch_loader,
+    epoch_seed,
+    load_dataset,
+    make_loader,
+    split_indices,
+    subset_indices,
+)
 
 
 def normalized(u8: torch.Tensor, name: str) -> torch.Tensor:
@@ -451,8 +464,6 @@ def test_test_split_under_ddp_covers_every_image_once():
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The fast path: batched on-device augmentation (TensorBatches), against the per-image torchvision pipeline.
-from data import TensorBatches, augment_batch, epoch_loader  # noqa: E402
-from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 
 def test_augment_batch_equals_torchvision_flip_then_padded_crop():

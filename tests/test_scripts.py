@@ -221,11 +221,13 @@ def test_torchrun_retrain(tmp_path):
     assert load(tmp_path / "re" / "retrain.pt")["epoch"] == 1
 
 
-def test_amp_and_channels_last_run(tmp_path):
-    res = run("train.py", *TINY, "--epochs", 1, "--amp", "--channels-last", "--out", tmp_path / "amp")
+def test_amp_and_memory_format_run(tmp_path):
+    res = run("train.py", *TINY, "--epochs", 1, "--amp", "--memory-format", "contiguous", "--out", tmp_path / "amp")
     assert "done:" in res.stdout
     ckpt = load(tmp_path / "amp" / "supernet.pt")
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32 under autocast
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
-    res = run("retrain.py", "--arch", arch, *TINY, "--epochs", 1, "--amp", "--channels-last", "--out", tmp_path / "re")
+    res = run(
+        "retrain.py", "--arch", arch, *TINY, "--epochs", 1, "--amp", "--memory-format", "contiguous", "--out", tmp_path / "re"
+    )
     assert "test top-1" in res.stdout

@@ -1,0 +1,206 @@
+"""
+Benchmarks: how fast each stage runs on this machine, each figure beside a baseline measured in the same run.
+
+Not part of the method and not a test: it prints ratios, so a noisy machine shifts both sides of each ratio alike.
+
+1. Supernet training throughput (forward + backward + SGD step, batch 64, NB201 C=16 N=5, 32x32, one sampled path
+   per step as train.py) and peak memory, beside a plain single-path forward of the same network, and beside the
+   official code's figure on this kind of machine (about 174 images/s with 2 threads; target 1.2x).
+2. Data pipeline: one epoch of CIFAR-sized images through torchvision's per-image transforms in a DataLoader,
+   against the batched tensor path (data.TensorBatches); and the data share of a training step.
+3. Angle: all 15,625 NB201 architectures ranked from checkpoint files, and the per-architecture speed-up of
+   angle.AngleScorer over the literal reference angle.angle_reference.
+4. A full NB201 evolution search (20 generations, 2,000 architectures), checkpoint loading included.
+
+    python bench.py                   # about 2-4 minutes on a 2-core CPU
+    python bench.py --quick           # fewer steps, for a smoke run
+    python bench.py --device cuda     # the same on a GPU (adds --amp and channels_last variants)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+
+import torch
+
+import common
+import search
+from angle import AngleScorer, angle_reference
+from data import Relabeled, TensorBatches, load_dataset, make_loader
+from evolution import evolve, rank
+from supernet import OPS, Supernet, all_archs, sample_path
+from train import train_step
+
+OFFICIAL_TRAIN_IMG_S = 174.0  # the official NB201 supernet on this kind of machine, 2 threads (issue 6)
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB, whole process
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_training(device, steps: int, amp: bool = False, channels_last: bool = False) -> tuple[float, float]:
+    """(train images/s, forward-only images/s) for the NB201 supernet at batch 64 on 32x32 inputs."""
+    torch.manual_seed(0)
+    net = Supernet().to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (64,), device=device)
+    for _ in range(3):  # warm-up: allocator, cuDNN autotuning
+        train_step(net, opt, x, y, sample_path(gen, 15), amp=amp)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(net, opt, x, y, sample_path(gen, 15), amp=amp)
+    sync(device)
+    train = 64 * steps / (time.perf_counter() - t0)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for _ in range(2):
+            net(x, sample_path(gen, 15))
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            net(x, sample_path(gen, 15))
+        sync(device)
+    forward = 64 * steps / (time.perf_counter() - t0)
+    return train, forward
+
+
+def bench_data(device, images: int) -> tuple[float, float]:
+    """(DataLoader images/s, TensorBatches images/s) over one epoch of `images` CIFAR-sized training images."""
+    base = load_dataset("fake", "", "train", augment=True, fake_images=images, image_size=32)
+    ds = Relabeled(base, torch.arange(images), base.targets)
+    t0 = time.perf_counter()
+    for x, y in make_loader(ds, 64, train=True, seed=0, epoch=0, num_workers=0):
+        x.to(device)
+    sync(device)
+    slow = images / (time.perf_counter() - t0)
+    cache = {}
+    list(TensorBatches(ds, 64, True, 0, 0, device, cache=cache))  # the one-off copy to the device
+    sync(device)
+    t0 = time.perf_counter()
+    for x, y in TensorBatches(ds, 64, True, 0, 1, device, cache=cache):
+        pass
+    sync(device)
+    return slow, images / (time.perf_counter() - t0)
+
+
+def write_checkpoints(folder: str) -> str:
+    """A full-size NB201 supernet.pt + supernet_init.pt pair in train.py's format (Wt = W0 + noise)."""
+    torch.manual_seed(0)
+    net = Supernet()
+    w0 = {k: v.clone() for k, v in net.state_dict().items()}
+    wt = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in w0.items()}
+    fp = common.state_fingerprint(w0)
+    common.atomic_save(
+        {"stage": "init", "model": w0, "supernet_args": net.args, "fingerprint": fp}, os.path.join(folder, "supernet_init.pt")
+    )
+    ckpt = {
+        "stage": "train",
+        "model": wt,
+        "supernet_args": net.args,
+        "epoch": 1,
+        "w0": {"file": "supernet_init.pt", "fingerprint": fp},
+    }
+    common.atomic_save(ckpt, os.path.join(folder, "supernet.pt"))
+    return os.path.join(folder, "supernet.pt")
+
+
+def bench_search(ckpt: str) -> dict:
+    t0 = time.perf_counter()
+    w0, wt, args, _ = search.load_supernet_pair(ckpt, None)
+    scorer = AngleScorer(w0, wt, args)
+    archs = all_archs()
+    ranked = rank(dict(zip(archs, scorer.angles(archs).tolist())), search.tie_key)
+    t_rank_all = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(20):
+        scorer.angles(archs)
+    fast_per_arch = (time.perf_counter() - t0) / 20 / len(archs)
+    sample = ranked[:: len(ranked) // 8][:8]
+    t0 = time.perf_counter()
+    for a in sample:
+        angle_reference(w0, wt, a, args)
+    ref_per_arch = (time.perf_counter() - t0) / len(sample)
+    t0 = time.perf_counter()
+    w0, wt, args, _ = search.load_supernet_pair(ckpt, None)
+    scorer = AngleScorer(w0, wt, args)
+    result = evolve(
+        [list(range(len(OPS)))] * 6,
+        lambda c: scorer.angles(c).tolist(),
+        mutation_choices=[list(range(1, len(OPS)))] * 6,
+        tie_key=search.tie_key,
+        seed=0,
+    )
+    t_evolve = time.perf_counter() - t0
+    return dict(rank_all=t_rank_all, fast=fast_per_arch, ref=ref_per_arch, evolve=t_evolve, evaluated=len(result.evaluated))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="fewer steps and images: a smoke run")
+    args = p.parse_args()
+    device = common.resolve_device(args.device)
+    steps, images = (3, 1024) if args.quick else (30, 10000)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name} | torch {torch.__version__}")
+
+    print("\n1. supernet training (NB201 C=16 N=5, batch 64, 32x32, one sampled path per step)")
+    train, forward = bench_training(device, steps)
+    print(
+        f"   train {train:8.1f} img/s | plain single-path forward {forward:8.1f} img/s | train/forward {train / forward:.2f}"
+        f" | peak memory {peak_memory_mb(device):,.0f} MiB"
+    )
+    if device.type == "cpu":
+        print(
+            f"   vs the official code here ({OFFICIAL_TRAIN_IMG_S:.0f} img/s): {train / OFFICIAL_TRAIN_IMG_S:.2f}x "
+            f"(target 1.20x)"
+        )
+    else:
+        for amp, cl in [(True, False), (True, True)]:
+            t, f = bench_training(device, steps, amp=amp, channels_last=cl)
+            print(f"   amp={amp!s:5} channels_last={cl!s:5}: train {t:8.1f} img/s ({t / train:.2f}x) | forward {f:8.1f} img/s")
+    print("   DARTS and MobileNet supernets: not implemented yet (issues 3 and 4)")
+
+    print(f"\n2. data pipeline: one epoch of {images:,} CIFAR-sized training images (flip + crop + normalize)")
+    slow, fast = bench_data(device, images)
+    step_s = 64 / train
+    print(
+        f"   DataLoader, per-image torchvision transforms: {slow:9,.0f} img/s | batched tensor path: {fast:9,.0f} img/s"
+        f" | {fast / slow:.1f}x (target 3x)"
+    )
+    print(
+        f"   data share of a training step: {100 * (64 / fast) / (step_s + 64 / fast):.1f}% with the tensor path, "
+        f"{100 * (64 / slow) / (step_s + 64 / slow):.1f}% with the DataLoader (target < 10%)"
+    )
+
+    print("\n3-4. angle and search (a full-size NB201 checkpoint pair written to a temporary folder)")
+    with tempfile.TemporaryDirectory() as folder:
+        r = bench_search(write_checkpoints(folder))
+    print(f"   rank all 15,625 architectures, checkpoint loading included: {r['rank_all']:.2f} s (target about 1 s)")
+    print(
+        f"   per architecture: fast {r['fast'] * 1e6:.2f} us | reference {r['ref'] * 1e3:.0f} ms | "
+        f"{r['ref'] / r['fast']:,.0f}x (target 500x)"
+    )
+    print(
+        f"   evolution, 20 generations ({r['evaluated']:,} architectures), checkpoint loading included: "
+        f"{r['evolve']:.2f} s (target under 2 s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
