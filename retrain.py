@@ -193,6 +193,7 @@ def main():
     torch.manual_seed(args.seed)
     raw_model = Subnet(arch, args.channels, args.layers, base.num_classes).to(d.device)
     fmt = common.memory_format(args.memory_format, d.device)
+    acc_dtype = torch.float32 if d.device.type == "mps" else torch.float64  # running loss/accuracy sums (no fp64 on MPS)
     raw_model = raw_model.to(memory_format=fmt)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -232,10 +233,10 @@ def main():
         """retrain.pt, atomically; `batch` > 0 marks a mid-epoch checkpoint (--save-every-steps), with every rank's
         running totals so the resumed epoch logs the same numbers."""
         if batch:
-            per_rank = [totals.clone()]
+            per_rank = [totals.cpu().double()]
             if d.ddp:
                 per_rank = [None] * d.world_size
-                torch.distributed.all_gather_object(per_rank, totals.clone())
+                torch.distributed.all_gather_object(per_rank, totals.cpu().double())
             totals = torch.stack(per_rank)  # (world_size, 3)
         if d.master:
             state = {
@@ -263,9 +264,10 @@ def main():
             train_set, args.batch_size, True, args.seed, epoch, d.device, d.rank, d.world_size, args.workers, fast, cache
         )
         model.train()
-        t0, seen, totals, skip = time.time(), 0, torch.zeros(3, dtype=torch.float64), 0
+        t0, seen, skip = time.time(), 0, 0
+        totals = torch.zeros(3, dtype=acc_dtype, device=d.device)  # loss sum, correct, images on this rank
         if epoch == start_epoch and start_batch:  # resuming inside this epoch: its first batches are done
-            skip, totals = start_batch, ckpt["totals"][d.rank].clone()
+            skip, totals = start_batch, ckpt["totals"][d.rank].to(d.device, acc_dtype)
         for i, (x, y) in enumerate(loader):
             if i < skip:
                 continue  # drawn again (same order, same crops) but already trained on
@@ -277,11 +279,16 @@ def main():
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if not torch.isfinite(loss):
-                raise SystemExit(f"retrain.py: error: the loss became {loss.item()} at epoch {epoch} step {i}; lower --lr")
-            totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+            # running sums stay on the device: no host synchronisation per step
+            totals[0] += loss.detach().to(acc_dtype) * len(y)
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += len(y)
             steps_run, seen, step = steps_run + 1, seen + len(y), step + 1
             if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
+                if not torch.isfinite(totals[0]):
+                    raise SystemExit(
+                        f"retrain.py: error: the loss is not finite at epoch {epoch + 1} step {i + 1}; lower --lr"
+                    )
                 rate = seen * d.world_size / (time.time() - t0)
                 eta = ((args.epochs - epoch) * len(loader) - i - 1) * (time.time() - t_run) / steps_run
                 print0(
@@ -292,9 +299,7 @@ def main():
             if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
                 save(epoch, i + 1, totals)
         if d.ddp:  # the epoch's loss and accuracy over all ranks
-            totals = totals.to(d.device)
             torch.distributed.all_reduce(totals)
-            totals = totals.cpu()
         entry = {
             "epoch": epoch + 1,
             "loss": (totals[0] / totals[2]).item(),

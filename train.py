@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 
 import torch
@@ -264,6 +263,7 @@ def main():
     torch.manual_seed(args.seed)
     raw_model = Supernet(args.channels, args.layers, num_classes).to(d.device)
     fmt = common.memory_format(args.memory_format, d.device)
+    acc_dtype = torch.float32 if d.device.type == "mps" else torch.float64  # running loss/accuracy sums (no fp64 on MPS)
     raw_model = raw_model.to(memory_format=fmt)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes per op: let cuDNN pick its fastest kernels
@@ -344,10 +344,10 @@ def main():
         comes out the same after a resume.
         """
         if batch:
-            per_rank = [totals.clone()]
+            per_rank = [totals.cpu().double()]
             if d.ddp:
                 per_rank = [None] * d.world_size
-                torch.distributed.all_gather_object(per_rank, totals.clone())
+                torch.distributed.all_gather_object(per_rank, totals.cpu().double())
             totals = torch.stack(per_rank)  # (world_size, 3)
         if not d.master:
             return
@@ -386,10 +386,10 @@ def main():
         )
         model.train()
         t0, seen = time.time(), 0
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images on this rank
+        totals = torch.zeros(3, dtype=acc_dtype, device=d.device)  # loss sum, correct, images on this rank
         skip = 0
         if epoch == start_epoch and start_batch:  # resuming inside this epoch: its first batches are done
-            skip, totals = start_batch, ckpt["totals"][d.rank].clone()
+            skip, totals = start_batch, ckpt["totals"][d.rank].to(d.device, acc_dtype)
         for i, (x, y) in enumerate(loader):
             if i < skip:
                 continue  # drawn (same order, same crops) but already trained on before the interruption
@@ -398,11 +398,14 @@ def main():
             # RLNAS: SPOS step. One path per step, the same on every rank (sampled here, not inside forward).
             path = sample_path(path_gen, num_cells, share=args.sampling == "shared")
             loss, logits = train_step(model, optimizer, x, y, path, args.unsampled, args.grad_clip, args.amp)
-            if not torch.isfinite(loss):
-                sys.exit(f"train.py: error: the loss became {loss.item()} at epoch {epoch} step {i}; lower --lr")
-            totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+            # running sums stay on the device: no host synchronisation per step
+            totals[0] += loss.detach().to(acc_dtype) * len(y)
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += len(y)
             step, steps_run, seen = step + 1, steps_run + 1, seen + len(y)
             if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
+                if not torch.isfinite(totals[0]):
+                    raise SystemExit(f"train.py: error: the loss is not finite at epoch {epoch + 1} step {i + 1}; lower --lr")
                 rate = seen * d.world_size / (time.time() - t0)
                 eta = ((args.epochs - epoch) * len(loader) - (i + 1)) * (time.time() - t_run) / steps_run
                 print0(
@@ -413,9 +416,7 @@ def main():
                 save(epoch, i + 1, totals)  # bounds the work a crash loses inside a long epoch
         ranks = None
         if d.ddp:
-            totals = totals.to(d.device)
             torch.distributed.all_reduce(totals)
-            totals = totals.cpu()
             # Check what must agree across ranks (pitfalls 3-4): the labels and the weights. A desync here would
             # otherwise go unnoticed and silently corrupt Wt. (BN running stats may differ: the angle never uses them.)
             mine = [record["sha256"], common.state_fingerprint(dict(raw_model.named_parameters()))]

@@ -139,3 +139,9 @@ def test_retrain_bad_inputs(tmp_path):
     assert_user_error(run("retrain.py", "--ckpt-search", tmp_path / "nope.json", check=False), "does not exist")
     (tmp_path / "s.json").write_text("{}")
     assert_user_error(run("retrain.py", "--ckpt-search", tmp_path / "s.json", check=False), "no winner")
+
+
+def test_non_finite_loss_stops_the_run_before_a_checkpoint(tmp_path):
+    res = run("train.py", *TINY, "--epochs", 2, "--lr", "1e30", "--out", tmp_path / "nan", check=False)
+    assert res.returncode == 1 and "the loss is not finite" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "nan" / "supernet.pt").exists()  # no NaN weights were checkpointed
