@@ -25,6 +25,7 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
 
 import common
@@ -32,13 +33,20 @@ from angle import AngleScorer
 from benchmark import BenchmarkError, load_benchmark
 from common import UsageError
 from evolution import evolve, rank, tie_group
-from supernet import OPS, Supernet, all_archs, arch_to_str, str_to_arch
+from supernet import OPS, Supernet, all_archs, arch_to_str, count_params, str_to_arch
 
 # ----------------------------------------------------------------------------------------------
 # Config (SPEC 5, NB201: population 100, top-30, 50 mutations with p=0.1 never to 'none', 50 crossovers, 20 gens)
 p = common.Parser(description="Search the architecture with the largest angle (stage 2).")
 p.add_argument("--ckpt", required=True, help="supernet.pt written by train.py (it names its W0 file)")
 p.add_argument("--w0", default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
+p.add_argument(
+    "--fitness",
+    default="angle",
+    choices=["angle", "params", "random"],
+    help="angle: RLNAS (default); params: parameter count of the cell's network, the trivial proxy; "
+    "random: a seeded random score per architecture (random search). Same evaluation budget for all three",
+)
 p.add_argument("--exhaustive", action="store_true", help="score all 15,625 NB201 architectures instead of evolving")
 p.add_argument("--population", type=common.number(int), default=100, help="candidates per generation (100)")
 p.add_argument("--topk", type=common.number(int), default=30, help="elitist archive that parents come from (30)")
@@ -54,7 +62,17 @@ p.add_argument("--resume", action="store_true", help="continue the search record
 p.add_argument("--force", action="store_true", help="overwrite an existing search.json")
 
 TIE_TOL = 1e-9  # angles closer than this are ties (float64 round-off is ~1e-13)
-SEARCH_KEYS = ("exhaustive", "population", "topk", "mutations", "crossovers", "mutation_prob", "generations", "seed")
+SEARCH_KEYS = (
+    "fitness",
+    "exhaustive",
+    "population",
+    "topk",
+    "mutations",
+    "crossovers",
+    "mutation_prob",
+    "generations",
+    "seed",
+)
 
 
 def tie_key(arch):
@@ -62,6 +80,20 @@ def tie_key(arch):
     # so such cells share one angle. Documented rule: prefer fewer 'none' edges (keep the connection), then the
     # smaller op-index tuple; deterministic and independent of evaluation order.
     return (sum(o == 0 for o in arch), tuple(arch))
+
+
+def make_fitness(kind: str, w0: dict, wt: dict, net_args: dict, seed: int):
+    """The batched fitness the evolution maximises: list of archs -> list of floats."""
+    if kind == "angle":
+        # RLNAS: the angle. One pass over both state_dicts, then any angle is a handful of sums (angle.py).
+        scorer = AngleScorer(w0, wt, net_args)
+        return lambda archs: scorer.angles(archs).tolist()
+    if kind == "params":
+        # baseline: the parameter count of the stand-alone network, a proxy that needs no training at all
+        shape = (net_args["channels"], net_args["layers"], net_args["num_classes"])
+        return lambda archs: [float(count_params(a, *shape)) for a in archs]
+    # baseline: random search. The score is a function of (seed, arch) only, so a resumed search sees the same one.
+    return lambda archs: [float(np.random.default_rng([seed & 0xFFFFFFFF, *a]).random()) for a in archs]
 
 
 def load_supernet_pair(path: str, w0_path: str | None):
@@ -109,7 +141,7 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # RLNAS: the fitness. One pass over both state_dicts, then any angle is a handful of sums (angle.py).
-    scorer = AngleScorer(w0, wt, net_args)
+    fitness = make_fitness(args.fitness, w0, wt, net_args, args.seed)
     t_load = time.time() - t_start
     settings = {k: getattr(args, k) for k in SEARCH_KEYS}
     ident = {"ckpt": os.path.abspath(args.ckpt), "ckpt_epoch": ckpt["epoch"], "ckpt_fingerprint": common.state_fingerprint(wt)}
@@ -131,7 +163,7 @@ def main():
     if args.exhaustive:
         t0 = time.time()
         archs = all_archs()
-        scores = dict(zip(archs, scorer.angles(archs).tolist()))
+        scores = dict(zip(archs, fitness(archs)))
         print(f"scored all {len(archs):,} architectures in {time.time() - t0:.3f}s")
     else:
         t0 = time.time()
@@ -153,7 +185,7 @@ def main():
 
         result = evolve(
             [list(range(len(OPS)))] * 6,
-            lambda cands: scorer.angles(cands).tolist(),
+            fitness,
             population=args.population,
             topk=args.topk,
             mutations=args.mutations,
@@ -179,15 +211,16 @@ def main():
     group = tie_group(ordered, scores, TIE_TOL)
     winner = ordered[0]
     cols = list(bench.acc) if bench else []
-    print(f"\ntop {min(args.top, len(ordered))} by angle (radians, larger is better):")
+    unit = " (radians)" if args.fitness == "angle" else ""
+    print(f"\ntop {min(args.top, len(ordered))} by {args.fitness}{unit}, larger is better:")
     header = f"{'#':>3} {'angle':>10}  " + "".join(f"{c:>16}" for c in cols) + "  architecture"
     print(header)
     for i, a in enumerate(ordered[: args.top]):
         accs = "".join(f"{bench.accuracy(a, c):16.2f}" if a in bench.index else f"{'n/a':>16}" for c in cols) if bench else ""
         print(f"{i + 1:3d} {scores[a]:10.6f}  {accs}  {arch_to_str(a)}")
     print(
-        f"\nwinner: {arch_to_str(winner)}  angle {scores[winner]:.6f}  tie group of {len(group)} "
-        f"(angles within {TIE_TOL:g}; ties broken by fewer 'none' edges, then op indices)"
+        f"\nwinner: {arch_to_str(winner)}  {args.fitness} {scores[winner]:.6f}  tie group of {len(group)} "
+        f"(scores within {TIE_TOL:g}; ties broken by fewer 'none' edges, then op indices)"
     )
     report = {}
     if bench is not None:
@@ -243,7 +276,7 @@ def write_state(out, state, scores, archive, generations_done, done, winner=None
         archive=[[arch_to_str(a), scores[a]] for a in archive],
     )
     if winner is not None:
-        state["winner"] = {"arch": arch_to_str(winner), "angle": scores[winner], "tie_group": [arch_to_str(a) for a in group]}
+        state["winner"] = {"arch": arch_to_str(winner), "score": scores[winner], "tie_group": [arch_to_str(a) for a in group]}
     common.atomic_write_json(state, out)
 
 

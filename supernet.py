@@ -13,9 +13,12 @@ SPEC.md section 2.1; the sampling quirks are SPEC.md section 8, pitfalls 4-6.
 
 The cell is a DAG of 4 nodes; node i sums one op applied to each earlier node j (edge "i<-j"):
 
-    node0 (cell input) --1<-0--> node1 --2<-1--> node2 --3<-2--> node3 (cell output)
-       \\______________2<-0_______________/      /
-        \\___________________3<-0_______________/  (and 3<-1 from node1)
+    node1 = op[1<-0](node0)                                      node0 = the cell input
+    node2 = op[2<-0](node0) + op[2<-1](node1)
+    node3 = op[3<-0](node0) + op[3<-1](node1) + op[3<-2](node2)  node3 = the cell output
+
+    genes (edge order): 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2; each op in none, skip_connect,
+    nor_conv_1x1, nor_conv_3x3, avg_pool_3x3 -> 5^6 = 15,625 cells.
 
 Used by train.py (Supernet), search.py/angle.py (parameter names) and retrain.py (Subnet):
 
@@ -300,6 +303,20 @@ class Subnet(_NB201Network):
 
     def forward(self, x, arch=None):
         return self._forward(x, [self.arch] * len(self.searchable))
+
+
+def count_params(arch: Arch, channels: int = 16, layers: int = 5, num_classes: int = 10) -> int:
+    """Parameters of Subnet(arch) (affine BN), counted without building it: the trivial 'params' proxy."""
+    check_arch(arch)
+    per_op = {2: lambda c: c * c + 2 * c, 3: lambda c: 9 * c * c + 2 * c}  # conv weight + BN gamma, beta
+    c, total = channels, 3 * channels * 9 + 2 * channels  # stem conv + BN
+    for kind in cell_layout(layers):
+        if kind == "reduce":  # conv_a + BN, conv_b + BN, 1x1 shortcut
+            total += 9 * c * 2 * c + 2 * 2 * c + 9 * 2 * c * 2 * c + 2 * 2 * c + c * 2 * c
+            c *= 2
+        else:
+            total += sum(per_op[o](c) for o in arch if o in per_op)
+    return total + 2 * c + c * num_classes + num_classes  # head BN + classifier
 
 
 def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:

@@ -33,6 +33,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 import random_labels
+from angle import AngleScorer
+from benchmark import BenchmarkError, load_benchmark
 from common import UsageError, print0
 from data import (
     DATASETS,
@@ -45,7 +47,7 @@ from data import (
     split_indices,
     subset_indices,
 )
-from supernet import Supernet, sample_path
+from supernet import Supernet, all_archs, sample_path, str_to_arch
 
 # ----------------------------------------------------------------------------------------------
 # Config: one flag per line; the defaults are the paper's NB201 settings (SPEC 3).
@@ -117,6 +119,13 @@ p.add_argument("--out", default=None, help="run directory (default runs/<space>-
 p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
 p.add_argument(
+    "--track-tau",
+    default=None,
+    help="NB201 benchmark CSV: at epoch 0 and every --track-every epochs, log Kendall tau-b of the angle of all "
+    "15,625 cells against the accuracy column of the training dataset (cifar10 for folder/fake data)",
+)
+p.add_argument("--track-every", type=common.number(int), default=1, help="epochs between two --track-tau evaluations (1)")
+p.add_argument(
     "--keep-every",
     type=common.number(int, 0),
     default=0,
@@ -148,6 +157,8 @@ RUN_FLAGS = {
     "force",
     "log_every",
     "keep_every",
+    "track_tau",
+    "track_every",
     "save_every_steps",
     "device",
     "backend",
@@ -177,6 +188,14 @@ def train_step(model, optimizer, x, y, path, unsampled: str = "decay", grad_clip
         torch.nn.utils.clip_grad_norm_([q for g in optimizer.param_groups for q in g["params"]], grad_clip)
     optimizer.step()
     return loss, logits
+
+
+def tracked_tau(bench, w0: dict, wt: dict, args: dict, column: str) -> float | None:
+    """Kendall tau-b of the angle of all 15,625 cells against a benchmark column (None while undefined)."""
+    wt = {k: v.detach().cpu() for k, v in wt.items()}
+    archs = all_archs()
+    tau = bench.tau(dict(zip(archs, AngleScorer(w0, wt, args).angles(archs).tolist())), column)
+    return None if math.isnan(tau) else tau
 
 
 def main():
@@ -213,6 +232,11 @@ def main():
                     "drop the flag or start a new run with --out"
                 )
             setattr(args, key, saved)
+
+    bench, tau_column = None, None
+    if args.track_tau:  # read the benchmark before anything runs: a bad file fails in one line, at once
+        bench = load_benchmark(args.track_tau, str_to_arch)
+        tau_column = args.dataset if args.dataset in bench.acc else next(iter(bench.acc))
 
     # ------------------------------------------------------------------------------------------
     # Data and labels.
@@ -293,6 +317,9 @@ def main():
             )
             config = {**vars(args), "git_commit": common.git_commit(), "world_size": d.world_size}
             common.atomic_write_json(config, os.path.join(args.out, "config.json"))
+            if bench is not None:  # epoch 0: W0 against itself, every angle is 0, so tau is undefined (null)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"epoch": 0, "tau": tracked_tau(bench, w0, w0, raw_model.args, tau_column)}) + "\n")
     else:
         if ckpt["supernet_args"] != raw_model.args:
             raise UsageError(f"{ckpt_path} holds a supernet {ckpt['supernet_args']}, not {raw_model.args}")
@@ -311,6 +338,7 @@ def main():
             )
         start_epoch, start_batch, step, w0_fp = ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"], ckpt["w0"]["fingerprint"]
         init = common.load_checkpoint(init_path, "initial weights")
+        w0 = init.get("model")
         if init.get("fingerprint") != w0_fp:
             raise UsageError(f"{init_path} is not the W0 of this run (fingerprint differs); restore the run's own file")
         # With the official semantics, an op once sampled holds a zero gradient tensor forever and keeps
@@ -435,6 +463,10 @@ def main():
                 "img_per_s": seen * d.world_size / seconds,
                 "seconds": seconds,
             }
+            if bench is not None and (epoch + 1) % args.track_every == 0:
+                entry["tau"] = tracked_tau(bench, w0, raw_model.state_dict(), raw_model.args, tau_column)
+                tau = "undefined" if entry["tau"] is None else f"{entry['tau']:+.4f}"
+                print0(f"epoch {epoch + 1}/{args.epochs} | Kendall tau-b of the angle vs {tau_column}: {tau}")
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
         # the log line first, then the checkpoint: a crash in between only repeats this epoch
@@ -448,4 +480,4 @@ def main():
 
 
 if __name__ == "__main__":
-    common.run(main, DataError)
+    common.run(main, DataError, BenchmarkError)

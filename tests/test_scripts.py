@@ -92,7 +92,7 @@ def test_search_evolution_and_benchmark(trained, tmp_path):
     assert len({a for a, _ in result["evaluated"]}) == 2000
     winner = result["winner"]["arch"]
     assert S.str_to_arch(winner) and winner in res.stdout and "tie group of" in res.stdout
-    assert result["winner"]["angle"] == max(s for _, s in result["evaluated"])
+    assert result["winner"]["score"] == max(s for _, s in result["evaluated"])
     assert "Kendall tau-b" in res.stdout and set(result["benchmark"]) == {"cifar10", "cifar100", "imagenet16-120"}
     assert -1 <= result["benchmark"]["cifar10"]["kendall_tau_b"] <= 1
     # an existing search.json is never overwritten silently
@@ -105,7 +105,7 @@ def test_exhaustive_matches_evolution_winner_when_it_finds_it(trained, tmp_path)
     run("search.py", "--ckpt", out / "supernet.pt", "--exhaustive", "--out", tmp_path / "all.json")
     result = json.load(open(tmp_path / "all.json"))
     scores = dict(result["evaluated"])
-    assert len(scores) == 15625 and result["winner"]["angle"] == max(scores.values())
+    assert len(scores) == 15625 and result["winner"]["score"] == max(scores.values())
     assert scores[S.arch_to_str((0,) * 6)] == 0.0  # disconnected cell
 
 
@@ -231,3 +231,38 @@ def test_amp_and_memory_format_run(tmp_path):
         "retrain.py", "--arch", arch, *TINY, "--epochs", 1, "--amp", "--memory-format", "contiguous", "--out", tmp_path / "re"
     )
     assert "test top-1" in res.stdout
+
+
+def test_track_tau_logs_the_ranking_quality(tmp_path):
+    bench = tmp_path / "bench.csv"
+    write_fake_benchmark(bench)
+    run("train.py", *TINY, "--epochs", 2, "--track-tau", bench, "--track-every", 2, "--out", tmp_path / "t")
+    log = [json.loads(line) for line in open(tmp_path / "t" / "log.jsonl")]
+    assert log[0] == {"epoch": 0, "tau": None}  # W0 against itself: every angle is 0, tau undefined
+    assert "tau" not in log[1] and -1 <= log[2]["tau"] <= 1 and log[2]["tau"] != 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,2\n")
+    res = run("train.py", *TINY, "--track-tau", bad, "--out", tmp_path / "u", check=False)
+    assert res.returncode == 2 and "ArchitectureString" in res.stderr and not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize("fitness", ["params", "random"])
+def test_baseline_fitnesses(trained, tmp_path, fitness):
+    # the two baselines of the paper's comparison run through the same evolution and report
+    out, _ = trained
+    bench = tmp_path / "bench.csv"
+    write_fake_benchmark(bench)
+    res = run(
+        "search.py", "--ckpt", out / "supernet.pt", "--fitness", fitness, "--benchmark", bench, "--out", tmp_path / "s.json"
+    )
+    result = json.load(open(tmp_path / "s.json"))
+    scores = dict(result["evaluated"])
+    assert len(scores) == 2000 and result["settings"]["fitness"] == fitness and f"by {fitness}" in res.stdout
+    if fitness == "params":  # the fake benchmark grows with the parameter proxy: tau is high, the winner is all-3x3
+        assert result["winner"]["arch"] == S.arch_to_str((3,) * 6)
+        assert scores[result["winner"]["arch"]] == S.count_params((3,) * 6, 4, 1, 10)
+        assert result["benchmark"]["cifar10"]["kendall_tau_b"] > 0.9
+    else:  # random search: scores in [0, 1), tau near 0, and the same scores on a second run
+        assert all(0 <= v < 1 for v in scores.values()) and abs(result["benchmark"]["cifar10"]["kendall_tau_b"]) < 0.1
+        run("search.py", "--ckpt", out / "supernet.pt", "--fitness", fitness, "--out", tmp_path / "t.json")
+        assert json.load(open(tmp_path / "t.json"))["evaluated"] == result["evaluated"]

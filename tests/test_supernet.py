@@ -131,3 +131,10 @@ def test_supernet_path_equals_standalone_subnet(arch):
         net.train(mode)
         sub.train(mode)
         torch.testing.assert_close(net(x, arch), sub(x), rtol=0, atol=1e-6)
+
+
+def test_count_params_matches_the_built_network():
+    for arch in [(1,) * 6, (3,) * 6, (3, 0, 3, 1, 0, 1), (2, 4, 0, 3, 1, 2)]:
+        for shape in [(16, 5, 10), (4, 1, 7), (8, 2, 100)]:
+            assert S.count_params(arch, *shape) == sum(p.numel() for p in S.Subnet(arch, *shape).parameters())
+    assert S.count_params((1,) * 6) == 73306
