@@ -406,6 +406,16 @@ def augment_batch(images: torch.Tensor, flips: torch.Tensor, offsets: torch.Tens
     return x[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]  # (B, 3, H, W)
 
 
+def _index_key(indices: torch.Tensor) -> tuple:
+    """A cheap identity for an index set (its length, first and last index, sum): the cache key of the images."""
+    return (
+        len(indices),
+        int(indices[0]) if len(indices) else -1,
+        int(indices[-1]) if len(indices) else -1,
+        int(indices.sum()),
+    )
+
+
 class TensorBatches:
     """One epoch of batches from a Relabeled view of an in-memory dataset, made on `device` with tensor ops.
 
@@ -431,14 +441,14 @@ class TensorBatches:
         assert in_memory(dataset), "TensorBatches needs a dataset whose images are one uint8 tensor"
         base = dataset.base
         norm = next(t for t in base.transform.transforms if isinstance(t, _Normalize))  # the dataset's mean and std
-        key = (id(dataset), str(device))
-        if cache is not None and key in cache:  # the device copy is made once per run, not once per epoch
-            self.images, self.labels = cache[key]
+        key = (id(base), _index_key(dataset.indices), str(device))
+        if cache is not None and key in cache:  # the device copy of the images is made once per run, not per epoch
+            self.images = cache[key]
         else:
             self.images = base.images[dataset.indices].to(device)  # (N, 3, H, W) uint8
-            self.labels = dataset.labels_used.to(device)  # (N,)
             if cache is not None:
-                cache[key] = (self.images, self.labels)
+                cache[key] = self.images
+        self.labels = dataset.labels_used.to(device)  # (N,) labels may change per epoch (--label-mode redraw)
         self.mean, self.std = norm.mean.to(device), norm.std.to(device)  # (3, 1, 1) each
         self.batch_size, self.train, self.device = batch_size, train, device
         self.augment = train and any(isinstance(t, v2.RandomCrop) for t in base.transform.transforms)

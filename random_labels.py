@@ -16,12 +16,15 @@ Used by train.py:
     python train.py --space nb201                      # uniform random labels, K = 10, seed 0
     python train.py --space nb201 --label-seed 3       # another draw of the labels
     python train.py --space nb201 --labels true        # the real labels (SPOS baseline, Table 1 A/B)
+    python train.py --label-mode shuffle               # ablations: permuted true labels, or new labels every epoch
+    python train.py --label-classes 100                # ablation: K = 100 random classes on CIFAR-10
 """
 
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 
@@ -40,6 +43,30 @@ def random_labels(num_examples: int, num_classes: int, seed: int) -> torch.Tenso
         raise ValueError(f"need num_examples >= 0 and num_classes >= 1, got {num_examples}, {num_classes}")
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, num_classes, (num_examples,), generator=gen, dtype=torch.int64)  # (N,)
+
+
+MODES = ("uniform", "shuffle", "redraw")
+
+
+def draw_labels(mode: str, num_examples: int, num_classes: int, seed: int, true_labels=None, epoch: int = 0) -> torch.Tensor:
+    """The label ablations (SPEC 1): which random labels epoch `epoch` trains on, (N,) int64.
+
+    uniform: the paper's labels, i.i.d. uniform, drawn once (the same for every epoch).
+    shuffle: a random permutation of the true labels: classes exactly as balanced as the real ones, no information.
+    redraw:  new uniform labels every epoch. This breaks the fixed-label assumption: nothing can be memorised,
+             so it shows why the labels must stay fixed.
+    """
+    if mode == "uniform":
+        return random_labels(num_examples, num_classes, seed)
+    if mode == "shuffle":
+        perm = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))  # (N,)
+        return torch.as_tensor(true_labels, dtype=torch.int64)[perm]
+    if mode == "redraw":
+        # one independent stream per (seed, epoch); epoch 0 of redraw is not the uniform draw of the same seed
+        return random_labels(
+            num_examples, num_classes, int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch]).generate_state(1)[0])
+        )
+    raise ValueError(f"unknown label mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
 def checksum(labels: torch.Tensor) -> str:

@@ -91,6 +91,13 @@ p.add_argument(
 )
 # labels
 p.add_argument("--labels", default="random", choices=["random", "true"], help="random (RLNAS) or true (the SPOS baseline)")
+p.add_argument(
+    "--label-mode",
+    default="uniform",
+    choices=list(random_labels.MODES),
+    help="uniform: i.i.d. uniform labels drawn once (the paper); shuffle: permuted true labels; redraw: new labels "
+    "every epoch (ablations)",
+)
 p.add_argument("--label-seed", type=int, default=0, help="seed of the random-label draw, and nothing else (default 0)")
 p.add_argument(
     "--label-classes", type=common.number(int, 0), default=0, help="K for random labels (0 = the dataset's class count)"
@@ -202,8 +209,10 @@ def main():
     args = p.parse_args()
     if args.out is None:
         args.out = os.path.join("runs", f"{args.space}-{args.dataset}-{args.labels}-s{args.seed}-l{args.label_seed}")
-    if args.labels == "true" and args.label_classes:
-        raise UsageError("--label-classes applies to random labels only; drop it with --labels true")
+    if args.labels == "true" and (args.label_classes or args.label_mode != "uniform"):
+        raise UsageError("--label-classes and --label-mode apply to random labels only; drop them with --labels true")
+    if args.label_mode == "shuffle" and args.label_classes:
+        raise UsageError("--label-mode shuffle permutes the true labels, so K is the dataset's: drop --label-classes")
 
     # ------------------------------------------------------------------------------------------
     # BOILERPLATE: devices, torchrun, run directory, resume.
@@ -256,8 +265,9 @@ def main():
     if args.labels == "random":
         num_classes = args.label_classes or base.num_classes
         # RLNAS: one label per image of the FULL training set, uniform over K, drawn once and fixed (SPEC 1)
-        labels = random_labels.random_labels(n_full, num_classes, args.label_seed)  # (N_full,)
-        record = random_labels.label_record(labels, "random", args.label_seed, num_classes)
+        labels = random_labels.draw_labels(args.label_mode, n_full, num_classes, args.label_seed, base.targets)  # (N_full,)
+        kind = "random" if args.label_mode == "uniform" else f"random-{args.label_mode}"
+        record = random_labels.label_record(labels, kind, args.label_seed, num_classes)
     else:
         num_classes = base.num_classes
         labels = base.targets.long()  # (N_full,) the real labels: the SPOS baseline of Table 1 (A, B)
@@ -272,6 +282,7 @@ def main():
         if saved.get("indices_sha256") != record["indices_sha256"]:
             raise UsageError("the resumed run would train on other images (split/subset changed); use the run's own settings")
     train_set = Relabeled(base, indices, labels)
+    labels_sha = record["sha256"]
     if args.data_path == "tensor" and not in_memory(train_set):
         raise UsageError(
             f"--data-path tensor needs an in-memory dataset (cifar10/100, imagenet16-120, fake), not {args.dataset}"
@@ -407,6 +418,10 @@ def main():
         lr = lr_at(epoch, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if args.labels == "random" and args.label_mode == "redraw":  # the ablation that breaks fixed labels
+            epoch_labels = random_labels.draw_labels("redraw", n_full, num_classes, args.label_seed, epoch=epoch)
+            train_set = Relabeled(base, indices, epoch_labels)
+            labels_sha = random_labels.checksum(epoch_labels)
         if not fast:
             torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # per-sample augmentation draws: replayable on resume
         loader = epoch_loader(
@@ -447,7 +462,7 @@ def main():
             torch.distributed.all_reduce(totals)
             # Check what must agree across ranks (pitfalls 3-4): the labels and the weights. A desync here would
             # otherwise go unnoticed and silently corrupt Wt. (BN running stats may differ: the angle never uses them.)
-            mine = [record["sha256"], common.state_fingerprint(dict(raw_model.named_parameters()))]
+            mine = [labels_sha, common.state_fingerprint(dict(raw_model.named_parameters()))]
             ranks = [None] * d.world_size
             torch.distributed.all_gather_object(ranks, mine)
             if any(r != mine for r in ranks):

@@ -54,3 +54,17 @@ def test_checksum_and_record_check():
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError):
         R.random_labels(10, 0, 0)
+
+
+def test_label_modes():
+    true = torch.arange(1000) % 10  # balanced true labels
+    uniform = R.draw_labels("uniform", 1000, 10, 0, true)
+    assert torch.equal(uniform, R.random_labels(1000, 10, 0))
+    shuffled = R.draw_labels("shuffle", 1000, 10, 0, true)
+    assert torch.equal(torch.bincount(shuffled), torch.bincount(true))  # exactly as balanced as the real labels
+    assert not torch.equal(shuffled, true) and torch.equal(shuffled, R.draw_labels("shuffle", 1000, 10, 0, true))
+    e0, e1 = (R.draw_labels("redraw", 1000, 10, 0, epoch=e) for e in (0, 1))
+    assert not torch.equal(e0, e1) and torch.equal(e1, R.draw_labels("redraw", 1000, 10, 0, epoch=1))
+    assert (e0 == e1).float().mean() < 0.2  # independent draws agree on about 1/K of the images
+    with pytest.raises(ValueError):
+        R.draw_labels("sorted", 10, 10, 0)

@@ -266,3 +266,19 @@ def test_baseline_fitnesses(trained, tmp_path, fitness):
         assert all(0 <= v < 1 for v in scores.values()) and abs(result["benchmark"]["cifar10"]["kendall_tau_b"]) < 0.1
         run("search.py", "--ckpt", out / "supernet.pt", "--fitness", fitness, "--out", tmp_path / "t.json")
         assert json.load(open(tmp_path / "t.json"))["evaluated"] == result["evaluated"]
+
+
+@pytest.mark.parametrize(
+    "flags, kind, classes",
+    [
+        (["--label-mode", "shuffle"], "random-shuffle", 10),
+        (["--label-mode", "redraw"], "random-redraw", 10),
+        (["--label-classes", "3"], "random", 3),
+        (["--labels", "true"], "true", 10),
+    ],
+)
+def test_label_ablations_train(tmp_path, flags, kind, classes):
+    run("train.py", *TINY, "--epochs", 2, *flags, "--out", tmp_path / "l")
+    ckpt = load(tmp_path / "l" / "supernet.pt")
+    assert ckpt["labels"]["kind"] == kind and ckpt["labels"]["num_classes"] == classes
+    assert ckpt["model"]["classifier.weight"].shape[0] == classes  # the classifier gets K outputs
