@@ -224,7 +224,7 @@ def main():
     )
     report = {}
     if bench is not None:
-        report = benchmark_report(bench, winner, group, scores)
+        report = benchmark_report(bench, winner, group, scores, ordered)
     state["benchmark"] = report
     write_state(
         out,
@@ -239,8 +239,9 @@ def main():
     print(f"wrote {out} ({time.time() - t_start:.2f}s in all)")
 
 
-def benchmark_report(bench, winner, group, scores) -> dict:
-    """Print and return the winner's NB201 accuracies, its rank, the tie group's spread and Kendall's tau."""
+def benchmark_report(bench, winner, group, scores, ordered) -> dict:
+    """Print and return the winner's NB201 accuracies, its rank, the tie group's spread, Kendall's tau, and the
+    mean accuracy of the top 10 and top 100 architectures by this fitness (top-k quality, not only tau)."""
     report = {}
     if winner not in bench.index:
         print(f"the winner {arch_to_str(winner)} is not in the benchmark file")
@@ -259,10 +260,14 @@ def benchmark_report(bench, winner, group, scores) -> dict:
             "kendall_tau_b": tau,
             "tau_over": sum(a in bench.index for a in scores),
         }
+        for k in (10, 100):
+            top = [bench.accuracy(a, col) for a in ordered[:k] if a in bench.index]
+            report[col][f"top{k}_mean"] = sum(top) / len(top) if top else None
         print(
             f"benchmark {col:15s} winner {acc:6.2f}% (rank {report[col]['rank']:,} of {n:,}; "
             f"best {bench.acc[col].max():.2f}) | tie group {min(group_acc):.2f}-{max(group_acc):.2f} | "
-            f"Kendall tau-b {tau:+.4f} over {report[col]['tau_over']:,} archs"
+            f"Kendall tau-b {tau:+.4f} over {report[col]['tau_over']:,} archs | mean of the top 10 "
+            f"{report[col]['top10_mean']:.2f}, top 100 {report[col]['top100_mean']:.2f}"
         )
     return report
 

@@ -34,8 +34,8 @@ def run_dir(tmp_path_factory):
         (["--dataset", "folder", "--data", "/nonexistent/dir"], ["/nonexistent/dir"]),
         (["--resume", "--out", "/nonexistent/run"], ["nothing to resume"]),
         (["--labels", "true", "--label-classes", "5"], ["--label-classes"]),
-    (["--labels", "true", "--label-mode", "redraw"], ["--label-mode"]),
-    (["--label-mode", "shuffle", "--label-classes", "5"], ["shuffle", "--label-classes"]),
+        (["--labels", "true", "--label-mode", "redraw"], ["--label-mode"]),
+        (["--label-mode", "shuffle", "--label-classes", "5"], ["shuffle", "--label-classes"]),
     ],
 )
 def test_train_bad_flags(args, words, tmp_path):

@@ -95,6 +95,8 @@ def test_search_evolution_and_benchmark(trained, tmp_path):
     assert result["winner"]["score"] == max(s for _, s in result["evaluated"])
     assert "Kendall tau-b" in res.stdout and set(result["benchmark"]) == {"cifar10", "cifar100", "imagenet16-120"}
     assert -1 <= result["benchmark"]["cifar10"]["kendall_tau_b"] <= 1
+    c10 = result["benchmark"]["cifar10"]
+    assert 80 <= c10["top100_mean"] <= c10["top10_mean"] + 10 and "top 100" in res.stdout
     # an existing search.json is never overwritten silently
     again = run("search.py", "--ckpt", out / "supernet.pt", "--out", tmp_path / "s.json", check=False)
     assert again.returncode == 2 and "--resume" in again.stderr
@@ -262,6 +264,7 @@ def test_baseline_fitnesses(trained, tmp_path, fitness):
         assert result["winner"]["arch"] == S.arch_to_str((3,) * 6)
         assert scores[result["winner"]["arch"]] == S.count_params((3,) * 6, 4, 1, 10)
         assert result["benchmark"]["cifar10"]["kendall_tau_b"] > 0.9
+        assert result["benchmark"]["cifar10"]["top10_mean"] > result["benchmark"]["cifar10"]["top100_mean"]
     else:  # random search: scores in [0, 1), tau near 0, and the same scores on a second run
         assert all(0 <= v < 1 for v in scores.values()) and abs(result["benchmark"]["cifar10"]["kendall_tau_b"]) < 0.1
         run("search.py", "--ckpt", out / "supernet.pt", "--fitness", fitness, "--out", tmp_path / "t.json")
