@@ -56,6 +56,12 @@ p.add_argument("--mutation-prob", type=common.number(float, 0), default=0.1, hel
 p.add_argument("--generations", type=common.number(int), default=20, help="generations (20)")
 p.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
 p.add_argument("--benchmark", default=None, help="NAS-Bench-201 CSV (ArchitectureString + accuracy columns) to report against")
+p.add_argument(
+    "--plot",
+    action="store_true",
+    help="write PNG plots beside search.json (needs matplotlib, optional): fitness vs benchmark accuracy "
+    "(with --benchmark), and tau vs epoch when train.py ran with --track-tau",
+)
 p.add_argument("--top", type=common.number(int), default=10, help="how many architectures to print (10)")
 p.add_argument("--out", default=None, help="where to write search.json (default: beside --ckpt)")
 p.add_argument("--resume", action="store_true", help="continue the search recorded in --out")
@@ -152,6 +158,7 @@ def main():
         )
     if args.resume:
         memo = load_previous(out, settings, ident)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     print(f"loaded {args.ckpt} (epoch {ckpt['epoch']}) and its W0 in {t_load:.2f}s | supernet {net_args}")
 
     state = {
@@ -237,6 +244,8 @@ def main():
         group=group,
     )
     print(f"wrote {out} ({time.time() - t_start:.2f}s in all)")
+    if args.plot:
+        plot(args, out, bench, scores, winner, report)
 
 
 def benchmark_report(bench, winner, group, scores, ordered) -> dict:
@@ -270,6 +279,53 @@ def benchmark_report(bench, winner, group, scores, ordered) -> dict:
             f"{report[col]['top10_mean']:.2f}, top 100 {report[col]['top100_mean']:.2f}"
         )
     return report
+
+
+def plot(args, out: str, bench, scores: dict, winner, report: dict) -> None:
+    """Optional pictures: fitness vs benchmark accuracy (tau in the title, the winner marked), tau vs epoch."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib); no plots written, everything else is done")
+        return
+    folder, written = os.path.dirname(out) or ".", []
+    unit = " (radians)" if args.fitness == "angle" else ""
+    for col in bench.acc if bench is not None else []:
+        archs = [a for a in scores if a in bench.index]
+        fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+        ax.scatter([scores[a] for a in archs], [bench.accuracy(a, col) for a in archs], s=4, alpha=0.4, label="evaluated")
+        if winner in bench.index:
+            ax.scatter([scores[winner]], [bench.accuracy(winner, col)], s=120, marker="*", color="red", label="winner")
+        ax.set_xlabel(f"{args.fitness}{unit}")
+        ax.set_ylabel(f"NAS-Bench-201 {col} test accuracy (%)")
+        ax.set_title(f"{args.fitness} vs {col}: Kendall tau-b {report[col]['kendall_tau_b']:+.3f} ({len(archs):,} cells)")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        written.append(os.path.join(folder, f"{args.fitness}_vs_{col}.png"))
+        fig.savefig(written[-1])
+        plt.close(fig)
+    log = os.path.join(os.path.dirname(args.ckpt) or ".", "log.jsonl")
+    points = []
+    if os.path.isfile(log):
+        with open(log) as f:
+            points = [(e["epoch"], e["tau"]) for e in map(json.loads, f) if e.get("tau") is not None]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        ax.plot(*zip(*points), marker="o")
+        ax.set_xlabel("supernet training epoch")
+        ax.set_ylabel("Kendall tau-b of the angle")
+        ax.set_title("angle vs benchmark during supernet training")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(os.path.join(folder, "tau_vs_epoch.png"))
+        fig.savefig(written[-1])
+        plt.close(fig)
+    print("plots: " + (", ".join(written) if written else "nothing to plot (give --benchmark, or train with --track-tau)"))
 
 
 def write_state(out, state, scores, archive, generations_done, done, winner=None, group=None):

@@ -285,3 +285,24 @@ def test_label_ablations_train(tmp_path, flags, kind, classes):
     ckpt = load(tmp_path / "l" / "supernet.pt")
     assert ckpt["labels"]["kind"] == kind and ckpt["labels"]["num_classes"] == classes
     assert ckpt["model"]["classifier.weight"].shape[0] == classes  # the classifier gets K outputs
+
+
+def test_plot_without_matplotlib_degrades_to_one_line(trained, tmp_path):
+    # hide matplotlib (it is optional): the search still finishes and says in one line why there are no plots
+    fake = tmp_path / "site"
+    (fake / "matplotlib").mkdir(parents=True)
+    (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
+    out, _ = trained
+    env = dict(os.environ, PYTHONPATH=f"{fake}{os.pathsep}{ROOT}", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "search.py"),
+        "--ckpt",
+        str(out / "supernet.pt"),
+        "--plot",
+        "--out",
+        str(tmp_path / "s.json"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "--plot needs matplotlib" in res.stdout and (tmp_path / "s.json").exists()
+    assert not list(tmp_path.glob("*.png"))
