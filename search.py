@@ -32,6 +32,7 @@ import common
 from angle import AngleScorer
 from benchmark import BenchmarkError, load_benchmark
 from common import UsageError
+from data import DataError, Relabeled, epoch_loader, in_memory, load_dataset, split_indices, subset_indices
 from evolution import evolve, rank, tie_group
 from supernet import OPS, Supernet, all_archs, arch_to_str, count_params, str_to_arch
 
@@ -43,10 +44,17 @@ p.add_argument("--w0", default=None, help="initial weights, if not the supernet_
 p.add_argument(
     "--fitness",
     default="angle",
-    choices=["angle", "params", "random"],
-    help="angle: RLNAS (default); params: parameter count of the cell's network, the trivial proxy; "
-    "random: a seeded random score per architecture (random search). Same evaluation budget for all three",
+    choices=["angle", "accuracy", "params", "random"],
+    help="angle: RLNAS (default); accuracy: one-shot accuracy on held-out real labels after BN recalibration "
+    "(Table 1 A/C); params: parameter count, the trivial proxy; random: a seeded random score (random search)",
 )
+p.add_argument("--data", default=None, help="--fitness accuracy: dataset directory (default: the one train.py used)")
+p.add_argument("--recal-batches", type=common.number(int), default=20, help="--fitness accuracy: BN recalibration batches")
+p.add_argument(
+    "--eval-images", type=common.number(int, 0), default=5000, help="--fitness accuracy: held-out images (5000; 0 = all)"
+)
+p.add_argument("--batch-size", type=common.number(int), default=256, help="--fitness accuracy: batch size (256)")
+p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="--fitness accuracy: device")
 p.add_argument("--exhaustive", action="store_true", help="score all 15,625 NB201 architectures instead of evolving")
 p.add_argument("--population", type=common.number(int), default=100, help="candidates per generation (100)")
 p.add_argument("--topk", type=common.number(int), default=30, help="elitist archive that parents come from (30)")
@@ -88,8 +96,63 @@ def tie_key(arch):
     return (sum(o == 0 for o in arch), tuple(arch))
 
 
-def make_fitness(kind: str, w0: dict, wt: dict, net_args: dict, seed: int):
+class OneShotAccuracy:
+    """The one-shot accuracy fitness (the paper's Table 1, configurations A and C; SPEC 7.1 and pitfall 6).
+
+    For each candidate: the supernet's trained weights along that cell (shared by all cells), its BN running
+    statistics recalibrated on a fixed set of training batches (the supernet's statistics were collected over
+    random paths and are wrong for any single one: without this the accuracy is near chance), then top-1 accuracy
+    with the REAL labels on held-out images: for NB201 CIFAR-10 the other half of the 25k/25k split, otherwise the
+    test split. The same batches for every candidate, no augmentation: deterministic.
+    """
+
+    def __init__(self, wt: dict, net_args: dict, config: dict, args):
+        self.device = common.resolve_device(args.device)
+        self.net = Supernet(net_args["channels"], net_args["layers"], net_args["num_classes"]).to(self.device)
+        self.net.load_state_dict(wt)
+        name, root = config["dataset"], args.data or config["data"]
+        kw = dict(
+            image_size=config.get("image_size"),
+            fake_images=config.get("fake_images", 1024),
+            fake_seed=config.get("data_seed", 0),
+        )
+        train = load_dataset(name, root, "train", augment=False, **kw)
+        half = config.get("split") == "half" or (config.get("split") == "auto" and name == "cifar10")
+        if half:  # the valid half that the supernet never saw
+            held, held_idx = train, split_indices(len(train), config.get("data_seed", 0))[1]
+        else:
+            held = load_dataset(name, root, "test", augment=False, **kw)
+            held_idx = torch.arange(len(held))
+        held_idx = subset_indices(held_idx, args.eval_images, 0)
+        calib_idx = subset_indices(torch.arange(len(train)), args.recal_batches * args.batch_size, 1)
+
+        def batches(ds, idx):
+            view = Relabeled(ds, idx, ds.targets.long())
+            return list(epoch_loader(view, args.batch_size, False, 0, 0, self.device, fast=in_memory(view)))
+
+        self.calib, self.held = batches(train, calib_idx), batches(held, held_idx)
+
+    @torch.no_grad()
+    def __call__(self, archs) -> list[float]:
+        scores = []
+        for arch in archs:
+            for m in self.net.modules():  # BN recalibration: forget the supernet's statistics, average afresh
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.reset_running_stats()
+                    m.momentum = None  # cumulative moving average over the calibration batches
+            self.net.train()
+            for x, _ in self.calib:
+                self.net(x, arch)
+            self.net.eval()
+            hits = sum((self.net(x, arch).argmax(1) == y).sum().item() for x, y in self.held)
+            scores.append(100.0 * hits / sum(len(y) for _, y in self.held))
+        return scores
+
+
+def make_fitness(kind: str, w0: dict, wt: dict, net_args: dict, seed: int, ckpt: dict | None = None, args=None):
     """The batched fitness the evolution maximises: list of archs -> list of floats."""
+    if kind == "accuracy":
+        return OneShotAccuracy(wt, net_args, ckpt["config"], args)
     if kind == "angle":
         # RLNAS: the angle. One pass over both state_dicts, then any angle is a handful of sums (angle.py).
         scorer = AngleScorer(w0, wt, net_args)
@@ -147,7 +210,7 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # RLNAS: the fitness. One pass over both state_dicts, then any angle is a handful of sums (angle.py).
-    fitness = make_fitness(args.fitness, w0, wt, net_args, args.seed)
+    fitness = make_fitness(args.fitness, w0, wt, net_args, args.seed, ckpt, args)
     t_load = time.time() - t_start
     settings = {k: getattr(args, k) for k in SEARCH_KEYS}
     ident = {"ckpt": os.path.abspath(args.ckpt), "ckpt_epoch": ckpt["epoch"], "ckpt_fingerprint": common.state_fingerprint(wt)}
@@ -358,4 +421,4 @@ def load_previous(out: str, settings: dict, ident: dict) -> dict:
 
 
 if __name__ == "__main__":
-    common.run(main, BenchmarkError)
+    common.run(main, BenchmarkError, DataError)
