@@ -154,24 +154,9 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # Data: real labels, standard augmentation on train, none on test.
-    base = load_dataset(
-        args.dataset,
-        args.data,
-        "train",
-        augment=True,
-        image_size=args.image_size,
-        fake_images=args.fake_images,
-        fake_seed=args.data_seed,
-    )
-    test_set = load_dataset(
-        args.dataset,
-        args.data,
-        "test",
-        augment=False,
-        image_size=args.image_size,
-        fake_images=args.fake_images,
-        fake_seed=args.data_seed,
-    )
+    kw = dict(image_size=args.image_size, fake_images=args.fake_images, fake_seed=args.data_seed)
+    base = load_dataset(args.dataset, args.data, "train", augment=True, **kw)
+    test_set = load_dataset(args.dataset, args.data, "test", augment=False, **kw)
     indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)
     train_set = Relabeled(base, indices, base.targets.long())
     if not args.resume and d.master:
