@@ -8,33 +8,14 @@ import sys
 import time
 
 import torch
-from test_scripts import ROOT, load, run
+from test_scripts import ROOT, load, run, script_env, tiny_flags
 
 # 640 fake images at batch 16 = 40 steps an epoch, 8 epochs: long enough to be killed early, short enough for CI
-LONG = [
-    "--dataset",
-    "fake",
-    "--fake-images",
-    "640",
-    "--image-size",
-    "8",
-    "--channels",
-    "4",
-    "--layers",
-    "1",
-    "--batch-size",
-    "16",
-    "--workers",
-    "0",
-    "--log-every",
-    "1000",
-    "--epochs",
-    "8",
-]
+LONG = tiny_flags(images=640, batch=16) + ["--log-every", "1000", "--epochs", "8"]
 
 
 def start(script, *args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = script_env()
     return subprocess.Popen(
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
         env=env,
@@ -159,7 +140,7 @@ def test_ddp_rank_death_stops_the_others_then_resume(tmp_path):
     flags = [*LONG, "--epochs", 12, "--device", "cpu", "--backend", "gloo", "--dist-timeout", 1]
     run("train.py", *flags, "--out", tmp_path / "ref", launcher=torchrun)
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = script_env()
     cmd = [str(c) for c in [*torchrun, os.path.join(ROOT, "train.py"), *flags, "--out", out]]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.time()

@@ -12,28 +12,25 @@ import torch
 import supernet as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--dataset",
-    "fake",
-    "--fake-images",
-    "96",
-    "--image-size",
-    "8",
-    "--channels",
-    "4",
-    "--layers",
-    "1",
-    "--batch-size",
-    "32",
-    "--workers",
-    "0",
-    "--log-every",
-    "1",
-]
+
+
+def tiny_flags(images: int = 96, batch: int = 32) -> list[str]:
+    """A supernet and data small enough for CI: fake 8x8 images, C=4, one cell per stage."""
+    return (
+        f"--dataset fake --fake-images {images} --image-size 8 --channels 4 --layers 1 --batch-size {batch} --workers 0"
+    ).split()
+
+
+def script_env(**extra) -> dict:
+    """The environment of every script a test runs: one thread (CI has 2 cores), the repository importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **extra}
+
+
+TINY = tiny_flags() + ["--log-every", "1"]
 
 
 def run(script, *args, check=True, cwd=None, launcher=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = script_env()
     cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, script), *map(str, args)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
     if check and out.returncode != 0:
@@ -310,7 +307,7 @@ def test_plot_without_matplotlib_degrades_to_one_line(trained, tmp_path):
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
     out, _ = trained
-    env = dict(os.environ, PYTHONPATH=f"{fake}{os.pathsep}{ROOT}", OMP_NUM_THREADS="1")
+    env = script_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}")
     cmd = [
         sys.executable,
         os.path.join(ROOT, "search.py"),
