@@ -134,8 +134,15 @@ class OneShotAccuracy:
 
     @torch.no_grad()
     def __call__(self, archs) -> list[float]:
-        scores = []
-        for arch in archs:
+        scores, t0 = [], time.time()
+        for n, arch in enumerate(archs):
+            if n and n % 25 == 0:  # slow work: say how fast it goes
+                rate = n / (time.time() - t0)
+                print(
+                    f"  one-shot accuracy: {n}/{len(archs)} candidates | {rate:.2f}/s | "
+                    f"ETA {common.format_time((len(archs) - n) / rate)}",
+                    flush=True,
+                )
             for m in self.net.modules():  # BN recalibration: forget the supernet's statistics, average afresh
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.reset_running_stats()
@@ -196,12 +203,15 @@ def load_supernet_pair(path: str, w0_path: str | None):
 
 def main():
     args = p.parse_args()
-    stem = os.path.splitext(os.path.basename(args.ckpt))[
-        0
-    ]  # supernet.pt -> search.json, supernet_ep10.pt -> search_supernet_ep10.json
+    # supernet.pt -> search.json beside it; a snapshot supernet_ep10.pt -> search_supernet_ep10.json
+    stem = os.path.splitext(os.path.basename(args.ckpt))[0]
     out = args.out or os.path.join(
         os.path.dirname(args.ckpt) or ".", "search.json" if stem == "supernet" else f"search_{stem}.json"
     )
+    if os.path.exists(out) and not (args.resume or args.force):  # before any work: nothing is overwritten silently
+        raise UsageError(
+            f"{out} already exists: pass --resume to continue that search, --force to overwrite it, or --out FILE"
+        )
     t_start = time.time()
     w0, wt, net_args, ckpt = load_supernet_pair(args.ckpt, args.w0)
     bench = None
@@ -215,10 +225,6 @@ def main():
     settings = {k: getattr(args, k) for k in SEARCH_KEYS}
     ident = {"ckpt": os.path.abspath(args.ckpt), "ckpt_epoch": ckpt["epoch"], "ckpt_fingerprint": common.state_fingerprint(wt)}
     memo = {}
-    if os.path.exists(out) and not (args.resume or args.force):
-        raise UsageError(
-            f"{out} already exists: pass --resume to continue that search, --force to overwrite it, or --out FILE"
-        )
     if args.resume:
         memo = load_previous(out, settings, ident)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
