@@ -8,7 +8,7 @@ import sys
 import time
 
 import torch
-from test_scripts import ROOT, load, run, script_env, tiny_flags
+from test_scripts import ROOT, assert_same_weights_and_momentum, load, run, script_env, tiny_flags
 
 # 640 fake images at batch 16 = 40 steps an epoch, 8 epochs: long enough to be killed early, short enough for CI
 LONG = tiny_flags(images=640, batch=16) + ["--log-every", "1000", "--epochs", "8"]
@@ -36,6 +36,14 @@ def kill_when(proc, ready, timeout=120):
     assert proc.wait() == -signal.SIGKILL
 
 
+def mid_epoch_checkpoint(path) -> bool:
+    """Has the run written a checkpoint from inside an epoch yet?"""
+    try:
+        return load(path)["batch"] > 0
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return False
+
+
 def all_checkpoints_load(path):
     # a kill during a write may leave NAME.tmp behind, but never a truncated NAME: every real checkpoint loads
     for f in os.listdir(path):
@@ -52,23 +60,14 @@ def test_train_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     run("train.py", *LONG, "--out", ref)
     proc = start("train.py", *LONG, "--save-every-steps", 7, "--out", crashed)
 
-    def mid_epoch_checkpoint():
-        try:
-            return load(crashed / "supernet.pt")["batch"] > 0
-        except (FileNotFoundError, RuntimeError, EOFError):
-            return False
-
-    kill_when(proc, mid_epoch_checkpoint)
+    kill_when(proc, lambda: mid_epoch_checkpoint(crashed / "supernet.pt"))
     all_checkpoints_load(crashed)
     killed_at = load(crashed / "supernet.pt")
     assert killed_at["epoch"] < 8
     res = run("train.py", "--resume", "--out", crashed)
     assert "resumed" in res.stdout
     a, b = load(ref / "supernet.pt"), load(crashed / "supernet.pt")
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for i, st in a["optimizer"]["state"].items():
-        assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
+    assert_same_weights_and_momentum(a, b)
     assert a["labels"] == b["labels"] and a["step"] == b["step"] == 8 * 40 and a["grad_holders"] == b["grad_holders"]
     assert (ref / "supernet_init.pt").read_bytes() != b"" and torch.equal(
         load(ref / "supernet_init.pt")["model"]["stem.0.weight"], load(crashed / "supernet_init.pt")["model"]["stem.0.weight"]
@@ -119,13 +118,7 @@ def test_retrain_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     run("retrain.py", *flags, "--out", tmp_path / "ref")
     proc = start("retrain.py", *flags, "--save-every-steps", 5, "--out", tmp_path / "crashed")
 
-    def mid_epoch_checkpoint():
-        try:
-            return load(tmp_path / "crashed" / "retrain.pt")["batch"] > 0
-        except (FileNotFoundError, RuntimeError, EOFError):
-            return False
-
-    kill_when(proc, mid_epoch_checkpoint)
+    kill_when(proc, lambda: mid_epoch_checkpoint(tmp_path / "crashed" / "retrain.pt"))
     run("retrain.py", *flags, "--resume", "--out", tmp_path / "crashed")
     a, b = load(tmp_path / "ref" / "retrain.pt"), load(tmp_path / "crashed" / "retrain.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

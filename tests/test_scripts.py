@@ -42,6 +42,14 @@ def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def assert_same_weights_and_momentum(a: dict, b: dict) -> None:
+    """Two train.py checkpoints hold the same weights and the same SGD momentum buffers, bit for bit."""
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
+
+
 def write_fake_benchmark(path):
     # a synthetic benchmark in the NB201 CSV format: accuracy grows with the parameter proxy 9*#3x3 + #1x1
     with open(path, "w") as f:
@@ -139,10 +147,7 @@ def test_train_resume_is_exact(trained, tmp_path, data_path):
     res = run("train.py", "--resume", "--out", b)
     assert "resumed" in res.stdout
     full, resumed = load(out / "supernet.pt"), load(b / "supernet.pt")
-    for k in full["model"]:
-        assert torch.equal(full["model"][k], resumed["model"][k]), k
-    for i, st in full["optimizer"]["state"].items():
-        assert torch.equal(st["momentum_buffer"], resumed["optimizer"]["state"][i]["momentum_buffer"])
+    assert_same_weights_and_momentum(full, resumed)
     assert torch.equal(full["rng"]["path"], resumed["rng"]["path"]) and full["grad_holders"] == resumed["grad_holders"]
     losses = lambda p: [json.loads(line)["loss"] for line in open(p)]  # noqa: E731
     assert losses(out / "log.jsonl") == losses(b / "log.jsonl")
