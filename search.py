@@ -365,14 +365,21 @@ def plot(args, out: str, bench, scores: dict, winner, report: dict) -> None:
     unit = " (radians)" if args.fitness == "angle" else ""
     for col in bench.acc if bench is not None else []:
         archs = [a for a in scores if a in bench.index]
+        # Cells whose output is cut off from their input all score an angle of exactly 0 (SPEC 4.2, rule 4); drawn
+        # at x=0 they would squeeze every other point into a sliver at the right, so they are left out and counted.
+        shown = [a for a in archs if scores[a] != 0.0] if args.fitness == "angle" else archs
+        shown = shown or archs
+        label = f"evaluated ({len(shown):,})"
+        if len(shown) < len(archs):
+            label += f"; {len(archs) - len(shown):,} disconnected (angle 0) not drawn"
         fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-        ax.scatter([scores[a] for a in archs], [bench.accuracy(a, col) for a in archs], s=4, alpha=0.4, label="evaluated")
+        ax.scatter([scores[a] for a in shown], [bench.accuracy(a, col) for a in shown], s=4, alpha=0.4, label=label)
         if winner in bench.index:
             ax.scatter([scores[winner]], [bench.accuracy(winner, col)], s=120, marker="*", color="red", label="winner")
         ax.set_xlabel(f"{args.fitness}{unit}")
         ax.set_ylabel(f"NAS-Bench-201 {col} test accuracy (%)")
         ax.set_title(f"{args.fitness} vs {col}: Kendall tau-b {report[col]['kendall_tau_b']:+.3f} ({len(archs):,} cells)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
         fig.tight_layout()
         written.append(os.path.join(folder, f"{args.fitness}_vs_{col}.png"))
         fig.savefig(written[-1])
