@@ -228,6 +228,8 @@ def make_copy(out: str, numbers: set[int], root: str = ROOT, force: bool = False
     if os.path.exists(out):
         if not force:
             raise UsageError(f"{out} already exists; choose another --out or add --force to replace it")
+        if os.listdir(out) and not os.path.exists(os.path.join(out, os.path.basename(__file__))):
+            raise UsageError(f"{out} is not a student copy (no {os.path.basename(__file__)}); --force only replaces those")
         shutil.rmtree(out)
     sources, changed = set(source_files(root)), []
     for rel in repository_files(root):

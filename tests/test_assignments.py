@@ -154,6 +154,12 @@ def test_restore_puts_the_reference_back_and_protects_student_work(tmp_path):
             assert (copy / rel).read_bytes() == open(os.path.join(ROOT, rel), "rb").read(), rel
     with pytest.raises(UsageError, match="already exists"):
         K.make_copy(copy, {1}, ROOT)
+    K.make_copy(copy, {1}, ROOT, force=True)  # a student copy may be replaced ...
+    assert K.pending(copy) == {1}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(UsageError, match="not a student copy"):  # ... any other directory is left alone
+        K.make_copy(tmp_path / "mine", {1}, ROOT, force=True)
     with pytest.raises(UsageError, match="inside the repository"):
         K.make_copy(os.path.join(ROOT, "student"), {1}, ROOT)
 
