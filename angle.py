@@ -78,6 +78,9 @@ def _pool_constant(c: int) -> torch.Tensor:
 # RLNAS: the reference implementation, a literal transcription of the official loops (SPEC 4.2).
 def weight_vector(state: dict, arch, args: dict) -> torch.Tensor | None:
     """V(arch, W) as a float64 vector (P,), or None when no path reaches the cell output."""
+    # EXERCISE 5 BEGIN: concatenate head, the weights along the 4 paths of every cell, the reduction blocks once, tail
+    #   read: paper, method step 2 (angle-based metric; ABS Algorithm 1); SPEC 4.2 and pitfall 7; README detail 6
+    #   graded: python make_assignment.py --grade 5   (tests/test_angle.py)
     names = _param_names(args)
     layout = cell_layout(args["layers"])
     channels = _cell_channels(args)
@@ -106,15 +109,19 @@ def weight_vector(state: dict, arch, args: dict) -> torch.Tensor | None:
         return None  # the cell output is disconnected from its input: angle 0 (pitfall 7)
     parts += [state[n] for n in TAIL]
     return torch.cat([p.detach().double().flatten() for p in parts])  # (P,)
+    # EXERCISE 5 END
 
 
 def angle_reference(w0: dict, wt: dict, arch, args: dict) -> float:
+    # EXERCISE 5 BEGIN: the angle in radians between V(arch, W0) and V(arch, Wt); 0.0 for a disconnected cell
+    #   read: paper, method step 2 (angle-based metric); SPEC 4.1 and pitfall 7; README detail 6
     v0, vt = weight_vector(w0, arch, args), weight_vector(wt, arch, args)
     if v0 is None:
         return 0.0
     # angle = arccos( <w0, wt> / (|w0| |wt|) ); clamp: round-off can push the cosine just past 1 (NaN in acos)
     cos = torch.dot(v0, vt) / (v0.norm() * vt.norm())
     return math.acos(max(-1.0, min(1.0, cos.item())))
+    # EXERCISE 5 END
 
 
 # ----------------------------------------------------------------------------------------------

@@ -91,18 +91,25 @@ def _random_arch(choices: list[list[int]], rng: np.random.Generator) -> Arch:
 
 
 def _mutate(parent: Arch, mutation_choices: list[list[int]], prob: float, rng: np.random.Generator) -> Arch:
+    # EXERCISE 6 BEGIN: resample each gene with probability `prob` from its `mutation_choices`, all draws from `rng`
+    #   read: paper, method step 2 (evolutionary search, from SPOS); SPEC 5 and pitfall 8; README detail 8
+    #   graded: python make_assignment.py --grade 6   (tests/test_evolution.py)
     # RLNAS/SPOS mutation: each gene is resampled with probability `prob` from `mutation_choices`.
     # NB201 passes [1..4] there, so a mutation never writes `none` (the official randint(1, 5)):
     # mutating into `none` mostly produces disconnected or shrunken cells.
     flip = rng.random(len(parent)) < prob
     idx = rng.integers(0, [len(values) for values in mutation_choices])  # drawn for every gene, used where flipped
     return tuple(values[i] if f else gene for gene, values, i, f in zip(parent, mutation_choices, idx.tolist(), flip))
+    # EXERCISE 6 END
 
 
 def _crossover(mother: Arch, father: Arch, rng: np.random.Generator) -> Arch:
+    # EXERCISE 6 BEGIN: uniform crossover: each gene from the mother or the father with probability 1/2, drawn from `rng`
+    #   read: paper, method step 2 (evolutionary search, from SPOS); SPEC 5
     # RLNAS/SPOS crossover: uniform, each gene taken from either parent with probability 1/2.
     take_mother = rng.random(len(mother)) < 0.5
     return tuple(m if t else f for m, f, t in zip(mother, father, take_mother))
+    # EXERCISE 6 END
 
 
 def _collect(make: Callable[[], Arch], quota: int, max_tries: int, admit: Callable[[Arch], Arch | None]) -> list[Arch]:

@@ -41,8 +41,12 @@ def random_labels(num_examples: int, num_classes: int, seed: int) -> torch.Tenso
     """
     if num_examples < 0 or num_classes < 1:
         raise ValueError(f"need num_examples >= 0 and num_classes >= 1, got {num_examples}, {num_classes}")
+    # EXERCISE 1 BEGIN: draw N labels i.i.d. uniform over 0..K-1 from a local generator seeded by `seed` alone
+    #   read: paper, method step 1 (random labels); SPEC 1 and pitfall 3; README detail 1
+    #   graded: python make_assignment.py --grade 1   (tests/test_random_labels.py)
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, num_classes, (num_examples,), generator=gen, dtype=torch.int64)  # (N,)
+    # EXERCISE 1 END
 
 
 MODES = ("uniform", "shuffle", "redraw")

@@ -101,6 +101,9 @@ def sample_cell(gen: torch.Generator) -> Arch:
     edge uniformly; if all of them are 'none' the whole node is redrawn, so the sampled
     sub-network never has a dead node. Marginals: edge 1<-0 is never 'none' (1/4 each other op).
     """
+    # EXERCISE 2 BEGIN: draw one op per edge from `gen`, node by node, redrawing a node whose inputs are all 'none'
+    #   read: paper, method step 1 (SPOS uniform sampling); SPEC 2.1 "Sampling", pitfalls 4-5; README detail 3
+    #   graded: python make_assignment.py --grade 2   (tests/test_supernet.py)
     ops = {}
     for i in range(1, NUM_NODES):
         while True:
@@ -110,6 +113,7 @@ def sample_cell(gen: torch.Generator) -> Arch:
         for j, o in enumerate(draw):
             ops[(i, j)] = o
     return tuple(ops[edge] for edge in EDGES)
+    # EXERCISE 2 END
 
 
 def sample_path(gen: torch.Generator, num_cells: int, share: bool = False) -> list[Arch]:
@@ -204,6 +208,9 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleDict({key: nn.ModuleList([make_op(op, c, affine, track) for op in OPS]) for key in EDGE_KEYS})
 
     def forward(self, x, arch: Arch):
+        # EXERCISE 3 BEGIN: run only the ops `arch` names: node_i = sum over j < i of op[i<-j](node_j), 'none' skipped
+        #   read: paper, method step 1 (single-path supernet); SPEC 2.1 "Cell"; README detail 4
+        #   graded: python make_assignment.py --grade 3   (tests/test_supernet.py)
         # RLNAS: single path. node_i = sum_j op_{i<-j}(node_j); 'none' edges are skipped outright, so their ops get
         # no gradient this step (like x*0 in the official code). A node that feeds only 'none' edges cannot reach the
         # output: it is not computed at all (same result, less work; its ops get no gradient either way).
@@ -216,6 +223,7 @@ class SearchCell(nn.Module):
             terms = [self.edges[f"{i}<-{j}"][arch[EDGE_INDEX[i, j]]](nodes[j]) for j in range(i) if arch[EDGE_INDEX[i, j]]]
             nodes.append(add_all(terms) if terms else torch.zeros_like(x))  # (B, C, H, W); all-'none' node = 0
         return nodes[-1]
+        # EXERCISE 3 END
 
     def extra_repr(self):
         return f"C={self.c}, edges={' '.join(EDGE_KEYS)}, ops={'/'.join(OPS)}"

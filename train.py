@@ -182,6 +182,9 @@ def lr_at(epoch: int, args) -> float:
 
 def train_step(model, optimizer, x, y, path, unsampled: str = "decay", grad_clip: float = 0.0, amp: bool = False):
     """One SPOS step on one sampled path; returns (loss, logits (B, K))."""
+    # EXERCISE 4 BEGIN: forward `path`, cross-entropy, zero_grad as `unsampled` says, backward, clip, SGD step
+    #   read: paper, method step 1 (SPOS training); SPEC 3 and pitfall 10; README detail 5
+    #   graded: python make_assignment.py --grade 4   (tests/test_train.py)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):  # --amp: bf16 forward, fp32 weights
         logits = model(x, path)  # (B, K): only the ops on `path` run, so only they get a gradient
         loss = F.cross_entropy(logits.float(), y)
@@ -195,6 +198,7 @@ def train_step(model, optimizer, x, y, path, unsampled: str = "decay", grad_clip
         torch.nn.utils.clip_grad_norm_([q for g in optimizer.param_groups for q in g["params"]], grad_clip)
     optimizer.step()
     return loss, logits
+    # EXERCISE 4 END
 
 
 def tracked_tau(bench, w0: dict, wt: dict, args: dict, column: str) -> float | None:
