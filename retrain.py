@@ -1,6 +1,9 @@
 """
 Stage 3 of RLNAS: train the architecture the search found from scratch, on the real labels.
 
+DARTS space: the ImageNet protocol of SPEC 6 (--dataset imagenet) or the standard DARTS CIFAR-10 evaluation
+(C=36, 20 cells, auxiliary head, drop path, cutout, 600 epochs), chosen by the RECIPES table below.
+
 For NAS-Bench-201 the paper does not retrain: it looks the architecture up in the benchmark
 (search.py --benchmark). This script is for everything the benchmark does not cover: another
 dataset, a CIFAR-100 subset, your own ImageFolder. It follows the NAS-Bench-201 training
@@ -13,6 +16,9 @@ arXiv:2101.11834, the evaluation step (SPEC.md 6; NAS-Bench-201's protocol, Dong
     python retrain.py --ckpt-search runs/<run>/search.json               # the search winner, CIFAR-10
     python retrain.py --arch "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
     python retrain.py --arch "..." --dataset fake --epochs 1 --channels 4 --layers 1   # a smoke run
+    python retrain.py --genotype "Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=[2, 3, 4, 5])"
+    python retrain.py --ckpt-search runs/<darts run>/search.json --dataset imagenet --data /path/imagenet  # SPEC 6
+    python retrain.py --ckpt-search runs/<darts run>/search.json --dataset imagenet --count-only  # params, FLOPs
     python retrain.py --resume --out runs/<retrain-run>
     torchrun --standalone --nproc_per_node=4 retrain.py --ckpt-search runs/<run>/search.json
 """
@@ -174,6 +180,8 @@ def resolve_arch(args):
 def fill_recipe(args) -> None:
     """Fill every flag left at None from the (space, variant) recipe."""
     variants = [v for s, v in RECIPES if s == args.space]
+    if not variants:
+        raise UsageError(f"{__file__.rsplit('/', 1)[-1]} has no recipe for --space {args.space} yet")
     if args.variant is None:
         args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
     if (args.space, args.variant) not in RECIPES:

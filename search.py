@@ -9,12 +9,14 @@ of the angle against the benchmark accuracy.
 
 Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
 arXiv:2101.11834, the angle-based evolutionary search step (angle from ABS, Hu et al. 2020,
-Algorithm 1). Settings: SPEC.md 5 (NB201 column); ranking study: SPEC.md 7.5.
+Algorithm 1). Settings: SPEC.md 5 (RECIPES below, per space); ranking study: SPEC.md 7.5. The space comes from
+the checkpoint's supernet_args; --exhaustive, --benchmark and --plot are NB201 only.
 
     python search.py --ckpt runs/<run>/supernet.pt                         # evolution, prints the winner
     python search.py --ckpt runs/<run>/supernet.pt --exhaustive            # rank all 15,625 cells
     python search.py --ckpt runs/<run>/supernet.pt --benchmark ../shared/data/nb201-accuracy.csv
     python search.py --ckpt runs/<run>/supernet.pt --resume                # continue an interrupted search
+    python search.py --ckpt runs/<darts run>/supernet.pt --max-flops 600   # DARTS: at most 600M multiply-adds
 
 The search is single-process and needs no GPU (SPEC 8, pitfall 13); there is no torchrun mode.
 """
@@ -244,6 +246,11 @@ def main():
         if args.exhaustive:
             raise UsageError("--max-flops applies to the evolution, not to --exhaustive")
         limit = args.max_flops * 1e6
+        if hasattr(space, "min_flops") and space.min_flops(net_args) > limit:
+            raise UsageError(
+                f"--max-flops {args.max_flops:g}: no {space.name} architecture is that small (the smallest has "
+                f"{space.min_flops(net_args) / 1e6:.3f}M multiply-adds at {space.input_size(net_args)}px); raise --max-flops"
+            )
 
         def constraint(arch) -> bool:
             # RLNAS: the FLOPs filter runs BEFORE the angle (SPEC 5, pitfall 8); evolve() calls it on every candidate

@@ -877,6 +877,14 @@ class DartsSpace:
         normal, reduce = arch[:NUM_DARTS_EDGES], arch[NUM_DARTS_EDGES:]
         return fixed + sum(table[0][e][normal[e]] + table[1][e][reduce[e]] for e in range(NUM_DARTS_EDGES))
 
+    def min_flops(self, net_args: dict) -> int:
+        """The smallest multiply-add count of any valid genotype: per node, its two cheapest inputs with their
+        cheapest real op (search.py refuses a --max-flops below it at once)."""
+        self.flops((DARTS_SEP3, DARTS_SEP3) + (0,) * 26, net_args)  # builds the table
+        fixed, table = self._flops_tables[tuple(sorted(net_args.items()))]
+        cheapest = [sorted(min(table[kind][e][1:]) for e in edges)[:2] for kind in (0, 1) for edges in DARTS_NODE_EDGES]
+        return fixed + sum(sum(pair) for pair in cheapest)
+
     def _flops_table(self, net_args: dict):
         # FLOPs add up over modules: count each candidate op once per (input shape, stride) with flop_counter, sum it
         # over the cells of each kind, and get the fixed part (stems, preprocessing, classifier) as the direct count

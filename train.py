@@ -8,9 +8,12 @@ search.py compares the two.
 
 Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
 arXiv:2101.11834, the supernet-training step with random labels (SPOS sampling of Guo et al.,
-ECCV 2020). Settings: SPEC.md 3 (NB201 column); sampling: SPEC.md 2.1; pitfalls 1, 3, 4, 10.
+ECCV 2020). Settings: SPEC.md 3 (the RECIPES table below); sampling: SPEC.md 2.1 (NB201), 2.2 (DARTS);
+pitfalls 1, 3, 4, 10. The space-specific parts come from supernet.SPACES.
 
     python train.py --space nb201                                 # CIFAR-10, paper settings (250 epochs)
+    python train.py --space darts --dataset cifar10               # DARTS space, CIFAR-10 supernet (SPEC 2.2, 3)
+    torchrun --nproc_per_node=8 train.py --space darts --dataset imagenet --data /path/imagenet   # SPEC 2.3, 3
     python train.py --dataset folder --data ~/data/cifar10 --subset 10000 --epochs 10   # a CPU recipe
     python train.py --dataset fake --epochs 1 --channels 4 --layers 1                   # a smoke run
     python train.py --resume --out runs/<run>                     # continue exactly where it stopped
@@ -229,6 +232,8 @@ RUN_FLAGS = {
 def fill_recipe(args) -> None:
     """Fill every flag left at None from the (space, variant) recipe (SPEC 3)."""
     variants = [v for s, v in RECIPES if s == args.space]
+    if not variants:
+        raise UsageError(f"{__file__.rsplit('/', 1)[-1]} has no recipe for --space {args.space} yet")
     if args.variant is None:
         args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
     if (args.space, args.variant) not in RECIPES:
