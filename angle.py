@@ -29,6 +29,7 @@ Two implementations, tested against each other:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -202,8 +203,13 @@ assert len(DARTS_PATHS) == 30
 
 def _darts_cells(args: dict) -> tuple[list[tuple[int, bool]], list[str]]:
     """(C, is_reduction) of every cell of the supernet in network order, and its parameter names in module order."""
-    with torch.device("meta"):
-        net = SPACES["darts"].supernet(args)
+    return _darts_cells_cached(tuple(sorted(args.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _darts_cells_cached(key: tuple) -> tuple[list[tuple[int, bool]], list[str]]:
+    with torch.device("meta"):  # no memory, no init: only the structure
+        net = SPACES["darts"].supernet(dict(key))
     return [(cell.c, cell.reduction) for cell in net.cells], [n for n, _ in net.named_parameters()]
 
 
