@@ -23,7 +23,10 @@ Two implementations, tested against each other:
   product and the two squared norms; the angle of any architecture is then a sum of a few
   precomputed numbers. All 15,625 NB201 architectures take milliseconds.
 
-    python search.py --ckpt runs/<run>/supernet.pt             # uses AngleScorer
+The DARTS space has the same pair at the end of this file (`darts_weight_vector` / `darts_angle_reference` and
+`DartsAngleScorer`, SPEC 4.3), in its own delimited section.
+
+    python search.py --ckpt runs/<run>/supernet.pt             # uses AngleScorer (DartsAngleScorer for DARTS)
     python -c "import angle; help(angle.AngleScorer)"
 """
 

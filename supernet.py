@@ -1,5 +1,8 @@
 """
-The NAS-Bench-201 weight-sharing supernet, trained by single-path one-shot (SPOS) sampling.
+The search spaces of RLNAS and their weight-sharing supernets, trained by single-path one-shot (SPOS) sampling.
+
+Three parts, each in its own delimited section: the NAS-Bench-201 space (this docstring, SPEC 2.1), the interface the
+stage scripts use (`SPACES`, one small class per space), and the DARTS-like space (SPEC 2.2/2.3, see its banner).
 
 RLNAS step 1 trains this network with random labels: every step one architecture is drawn
 uniformly and only its operations run forward and backward. This file holds the search
@@ -348,9 +351,9 @@ def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:
 #                                         needs (channels, layers, variant, image_size). Plain types only.
 #   supernet(net_args) -> nn.Module       the weight-sharing supernet; model(x, path) runs only the sampled path;
 #                                         model.args == net_args
-#   sample_path(gen, net_args, shared)    one training step's path, drawn ONLY from `gen` (same seed on every DDP
-#                                         rank -> same path); whatever model(x, path) accepts. `shared` is NB201's
-#                                         --sampling shared; the other spaces ignore it
+#   sample_path(gen, net_args)            one training step's path, drawn ONLY from `gen` (same seed on every DDP
+#                                         rank -> same path); whatever model(x, path) accepts. NB201 also takes
+#                                         shared=True (train.py --sampling shared, passed only when given)
 #   gene_choices(net_args)                allowed values per gene: list[list[int]] (evolution's initial population)
 #   mutation_choices(net_args)            values a mutation may draw per gene (SPEC 5)
 #   repair(arch) -> arch                  identity where the space needs none; deterministic given the arch
@@ -362,10 +365,12 @@ def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:
 #                                         flops(arch, net_args) -> multiply-adds of the candidate at the input size
 #   params(arch, net_args) -> int         parameters of the stand-alone network (search.py --fitness params)
 #   all_archs(net_args)                   every architecture (search.py --exhaustive), or None if too many
-#   network(arch, net_args, **opts)       the stand-alone network retrain.py trains; model(x) -> logits
+#   network(arch, net_args, **opts)       the stand-alone network retrain.py trains; model(x) -> logits, or in
+#                                         training (logits, aux_logits) with aux=True (DARTS); opts it lacks: ignore
 #   retrain_args(args, num_classes)       net_args of that network from retrain.py's flags
 #   input_size(net_args) -> int           the image side the FLOPs are counted at
 #   ckpt_keys                             the keys a valid supernet_args must have (search.py checks them)
+#   min_flops(net_args) -> int            optional: the smallest FLOPs of any architecture (an early --max-flops error)
 
 
 def count_flops(model: nn.Module, input_size: int) -> int:
@@ -471,6 +476,7 @@ DARTS_EDGES = tuple((k, j) for j in range(2, 2 + DARTS_STEPS) for k in range(j))
 DARTS_NODE_EDGES = tuple(tuple(e for e, (_, j) in enumerate(DARTS_EDGES) if j == node) for node in range(2, 6))
 NUM_DARTS_EDGES = len(DARTS_EDGES)  # 14
 DARTS_NONE, DARTS_MAX, DARTS_AVG, DARTS_SKIP = 0, 1, 2, 3
+DARTS_SEP3 = DARTS_OPS.index("sep_conv_3x3")
 
 
 def darts_edge(k: int, j: int) -> int:
@@ -920,9 +926,6 @@ class DartsSpace:
             direct = count_flops(self.network(ref + ref, net_args), a["image_size"])
         fixed = direct - sum(table[0][e][ref[e]] + table[1][e][ref[e]] for e in range(NUM_DARTS_EDGES))
         return fixed, table
-
-
-DARTS_SEP3 = DARTS_OPS.index("sep_conv_3x3")
 
 
 # ===== The registry ===========================================================================

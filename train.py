@@ -530,7 +530,7 @@ def main():
                 for group in optimizer.param_groups:
                     group["lr"] = lr
             # RLNAS: SPOS step. One path per step, the same on every rank (sampled here, not inside forward).
-            path = space.sample_path(path_gen, net_args, shared=args.sampling == "shared")
+            path = space.sample_path(path_gen, net_args, **({"shared": True} if args.sampling == "shared" else {}))
             loss, logits = train_step(
                 model, optimizer, x, y, path, args.unsampled, args.grad_clip, args.amp, args.clip_mode, args.label_smoothing
             )
