@@ -197,11 +197,18 @@ def fill_recipe(args) -> None:
 
 def lr_at(epoch: int, args) -> float:
     if args.lr_schedule == "linear":
-        # SPEC 6 (ImageNet): warm-up lr * (e+1) / W for the first W epochs, then linear decay per epoch from lr,
-        # ending at lr / (E - W) in the last epoch (the "tiny tail"); never 0 or below
-        if epoch < args.warmup_epochs:
-            return args.lr * (epoch + 1) / args.warmup_epochs
-        return args.lr * (args.epochs - epoch) / max(1, args.epochs - args.warmup_epochs)
+        # SPEC 6 (ImageNet), the official adjust_lr: linear decay per epoch, lr * (E-5-e) / (E-5), and over the last
+        # 5 epochs a 5x smaller slope, lr * (E-e) / ((E-5)*5), so the lr never reaches 0 (the "tiny tail"). Runs of
+        # at most 5 epochs (smoke runs) decay as lr * (E-e) / E instead. During the first W warm-up epochs that value
+        # is multiplied by (e+1)/W, as the official code does (SPEC 6 rounds it to lr * (e+1) / 5).
+        e, total, tail = epoch, args.epochs, 5
+        if total <= tail:
+            lr = args.lr * (total - e) / total
+        elif total - e > tail:
+            lr = args.lr * (total - tail - e) / (total - tail)
+        else:
+            lr = args.lr * (total - e) / ((total - tail) * tail)
+        return lr * (e + 1) / args.warmup_epochs if e < args.warmup_epochs else lr
     # cosine to 0 per epoch (NAS-Bench-201 and DARTS-CIFAR); computed in float32 as this script always has
     return 0.5 * args.lr * (1 + torch.cos(torch.tensor(torch.pi * epoch / args.epochs)).item())
 
