@@ -23,12 +23,16 @@ Two implementations, tested against each other:
   product and the two squared norms; the angle of any architecture is then a sum of a few
   precomputed numbers. All 15,625 NB201 architectures take milliseconds.
 
-    python search.py --ckpt runs/<run>/supernet.pt             # uses AngleScorer
+The DARTS space has the same pair at the end of this file (`darts_weight_vector` / `darts_angle_reference` and
+`DartsAngleScorer`, SPEC 4.3), in its own delimited section.
+
+    python search.py --ckpt runs/<run>/supernet.pt             # uses AngleScorer (DartsAngleScorer for DARTS)
     python -c "import angle; help(angle.AngleScorer)"
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -173,6 +177,145 @@ class AngleScorer:
             cos = total[:, 0] / np.sqrt(total[:, 1] * total[:, 2])
         theta = np.arccos(np.clip(cos, -1.0, 1.0))
         return np.where(alive_any, theta, 0.0)  # disconnected cells score 0 and rank last
+
+    def angle(self, arch) -> float:
+        return float(self.angles([arch])[0])
+
+
+# ==============================================================================================
+# ===== DARTS space (SPEC 4.3/4.5) =============================================================
+# ==============================================================================================
+# The DARTS weight vector. Per cell, in network order, 30 input-to-output paths: from input node 0 or 1 through
+# strictly increasing intermediate nodes to ANY intermediate node 2..5 (every intermediate node is concatenated into
+# the cell output, so every such path reaches it): 2 end at node 2, 4 at node 3, 8 at node 4, 16 at node 5. A path
+# with a 'none' edge is dropped; a surviving path contributes each of its edges (shared edges once per path):
+#   max/avg pool       a constant 1/9 tensor of shape [C, 3, 3] (C*9 numbers) + the trained BN gamma, beta after it
+#   skip, stride 1     a constant eye(C), flattened (C*C numbers; NB201's skip contributes nothing)
+#   skip, stride 2     FactorizedReduce: conv_1, conv_2 weights + BN gamma, beta
+#   sep_conv           dw1, pw1, dw2, pw2 weights, then BN1 gamma, beta and BN2 gamma, beta
+#   dil_conv           dw, pw weights, then BN gamma, beta. FIX: the official test_server.py reads the BN's gamma
+#                      twice (the bias slot reads .weight, a copy-paste bug); we use the bias. The angles differ
+#                      from the official ones wherever a dil_conv is on a surviving path.
+# After all cells, once: the stem(s) (conv + BN gamma, beta each), every cell's preprocess0 and preprocess1 (convs +
+# BN gamma, beta), and the classifier: weight only on CIFAR, weight + bias on ImageNet (SPEC 4.5).
+# The order inside the vector does not change the angle; the reference keeps the official one.
+from supernet import DARTS_EDGES, DARTS_OPS, DARTS_SKIP, SPACES, darts_edge  # noqa: E402
+
+DARTS_PATHS = tuple(
+    tuple(darts_edge(a, b) for a, b in zip(nodes, nodes[1:]))
+    for end in range(2, 6)
+    for src in (0, 1)
+    for mask in range(2 ** (end - 2))  # which of the intermediate nodes 2..end-1 the path visits
+    for nodes in [[src] + [m for m in range(2, end) if mask >> (m - 2) & 1] + [end]]
+)  # 30 paths, each a tuple of edge indices
+assert len(DARTS_PATHS) == 30
+
+
+def _darts_cells(args: dict) -> tuple[list[tuple[int, bool]], list[str]]:
+    """(C, is_reduction) of every cell of the supernet in network order, and its parameter names in module order."""
+    return _darts_cells_cached(tuple(sorted(args.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _darts_cells_cached(key: tuple) -> tuple[list[tuple[int, bool]], list[str]]:
+    with torch.device("meta"):  # no memory, no init: only the structure
+        net = SPACES["darts"].supernet(dict(key))
+    return [(cell.c, cell.reduction) for cell in net.cells], [n for n, _ in net.named_parameters()]
+
+
+def _darts_edge_parts(state: dict, i: int, e: int, op: int, c: int, reduction: bool) -> list[torch.Tensor]:
+    """The pieces of edge e with op `op` in cell i (SPEC 4.3), as tensors."""
+    name, pre = DARTS_OPS[op], f"cells.{i}.edges.{e}.{op}."
+    if name in ("max_pool_3x3", "avg_pool_3x3"):
+        return [_pool_constant(c), state[pre + "bn.weight"], state[pre + "bn.bias"]]
+    if op == DARTS_SKIP:
+        if reduction and DARTS_EDGES[e][0] < 2:  # stride 2: FactorizedReduce
+            return [state[pre + k] for k in ("conv_1.weight", "conv_2.weight", "bn.weight", "bn.bias")]
+        return [torch.eye(c, dtype=torch.float64)]  # identity: eye(C)
+    if name.startswith("sep_conv"):
+        keys = ("dw1.weight", "pw1.weight", "dw2.weight", "pw2.weight", "bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias")
+        return [state[pre + k] for k in keys]
+    return [state[pre + k] for k in ("dw.weight", "pw.weight", "bn.weight", "bn.bias")]  # dil_conv, bias fixed
+
+
+def _darts_extra_names(args: dict, names: list[str]) -> list[str]:
+    """Stem(s), every cell's preprocess0 then preprocess1, the classifier (SPEC 4.3 'extra', 4.5)."""
+    stems = [n for n in names if n.startswith(("stem.", "stem0.", "stem1."))]  # module order: stem0 before stem1
+    cells = sorted({int(n.split(".")[1]) for n in names if n.startswith("cells.")})
+    pre = [n for i in cells for p in ("preprocess0", "preprocess1") for n in names if n.startswith(f"cells.{i}.{p}.")]
+    head = ["classifier.weight"] + (["classifier.bias"] if args["variant"] == "imagenet" else [])  # C10: weight only
+    return stems + pre + head
+
+
+def darts_weight_vector(state: dict, arch, args: dict) -> torch.Tensor | None:
+    """Reference V(arch, W) for the DARTS space as a float64 vector (P,): the literal concatenation, in the official
+    order (cells, then paths, then edges; then the extra parameters). None if no path survives anywhere."""
+    cells, names = _darts_cells(args)
+    n = len(DARTS_EDGES)
+    parts, alive = [], False
+    for i, (c, reduction) in enumerate(cells):
+        genes = arch[n:] if reduction else arch[:n]  # all cells of a kind share one genotype
+        for path in DARTS_PATHS:
+            if any(genes[e] == 0 for e in path):
+                continue  # 'none' on the path: drop it (and move on to the next path)
+            alive = True
+            for e in path:
+                parts += _darts_edge_parts(state, i, e, genes[e], c, reduction)
+    if not alive:
+        return None
+    parts += [state[k] for k in _darts_extra_names(args, names)]
+    return torch.cat([p.detach().double().flatten() for p in parts])  # (P,)
+
+
+def darts_angle_reference(w0: dict, wt: dict, arch, args: dict) -> float:
+    v0, vt = darts_weight_vector(w0, arch, args), darts_weight_vector(wt, arch, args)
+    if v0 is None:
+        return 0.0
+    cos = torch.dot(v0, vt) / (v0.norm() * vt.norm())  # clamp below: round-off can push it past 1
+    return math.acos(max(-1.0, min(1.0, cos.item())))
+
+
+class DartsAngleScorer:
+    """Angles of DARTS genotypes (28 genes) from two supernet state_dicts, the same segment-sum design as AngleScorer:
+    table[kind, e, op] = (dot, |w0|^2, |wt|^2) of edge e's pieces summed over the cells of that kind (normal or
+    reduction, which share a genotype); an angle is then a sum over the 30 paths of each kind, plus the fixed part.
+    """
+
+    def __init__(self, w0: dict, wt: dict, args: dict):
+        cells, names = _darts_cells(args)
+
+        def stats(parts0, parts1) -> np.ndarray:
+            out = np.zeros(3)
+            for a, b in zip(parts0, parts1):
+                a, b = a.detach().double().flatten(), b.detach().double().flatten()
+                out += [torch.dot(a, b).item(), torch.dot(a, a).item(), torch.dot(b, b).item()]
+            return out  # (3,)
+
+        extra = _darts_extra_names(args, names)
+        self.fixed = stats([w0[k] for k in extra], [wt[k] for k in extra])  # (3,)
+        self.table = np.zeros((2, len(DARTS_EDGES), len(DARTS_OPS), 3))  # (kind, E, K, 3); op 0 ('none') stays 0
+        for i, (c, reduction) in enumerate(cells):
+            for e in range(len(DARTS_EDGES)):
+                for op in range(1, len(DARTS_OPS)):
+                    p0 = _darts_edge_parts(w0, i, e, op, c, reduction)
+                    p1 = _darts_edge_parts(wt, i, e, op, c, reduction)
+                    self.table[int(reduction), e, op] += stats(p0, p1)
+
+    def angles(self, archs) -> np.ndarray:
+        n = len(DARTS_EDGES)
+        a = np.asarray(archs, dtype=np.int64).reshape(-1, 2 * n)  # (M, 28)
+        total = np.zeros((len(a), 3))  # (M, 3): <V0,Vt>, |V0|^2, |Vt|^2
+        alive_any = np.zeros(len(a), dtype=bool)
+        for kind in (0, 1):  # normal genes, reduction genes
+            genes = a[:, kind * n : (kind + 1) * n]  # (M, 14)
+            for path in DARTS_PATHS:
+                alive = np.all(genes[:, path] != 0, axis=1)  # (M,)
+                total += alive[:, None] * sum(self.table[kind, e, genes[:, e]] for e in path)
+                alive_any |= alive
+        total += alive_any[:, None] * self.fixed
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = total[:, 0] / np.sqrt(total[:, 1] * total[:, 2])  # clamped: round-off can push it past 1
+        return np.where(alive_any, np.arccos(np.clip(cos, -1.0, 1.0)), 0.0)
 
     def angle(self, arch) -> float:
         return float(self.angles([arch])[0])

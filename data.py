@@ -13,7 +13,8 @@ supernet training of the method (SPEC.md section 1). What this file reproduces f
   - the augmentation: flip + RandomCrop(S, padding=S//8) + normalize for training, normalize only for testing.
 
 Datasets (`DATASETS`): cifar10, cifar100 (torchvision, under --data), imagenet16-120 (the NB201 pickles),
-folder (any ImageFolder tree with train/ and test/ or val/) and fake (synthetic, for smoke runs and tests).
+imagenet (an ImageFolder tree with train/ and val/, the DARTS-space ImageNet pipeline of SPEC 3/6), folder (any
+ImageFolder tree with train/ and test/ or val/) and fake (synthetic, for smoke runs and tests).
 
 This module is imported, never run. Usage, from a stage script:
     ds = load_dataset('cifar10', './data', 'train', augment=True)
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import v2
 
-DATASETS = ("cifar10", "cifar100", "imagenet16-120", "folder", "fake")
+DATASETS = ("cifar10", "cifar100", "imagenet16-120", "imagenet", "folder", "fake")
 
 # Normalization stats of the official NB201 code (xautodl get_dataset_with_transform.py), in [0, 1] units.
 # 'folder' and 'fake' reuse CIFAR-10's: the main use of 'folder' is the CIFAR-10 JPEG copy in ImageFolder layout,
@@ -90,6 +91,36 @@ def build_transform(size: int, mean: list[float], std: list[float], augment: boo
         # Flip first, then crop, as the official code. Padded pixels are 0 (black) before normalization.
         steps += [v2.RandomHorizontalFlip(), v2.RandomCrop(size, padding=size // 8)]  # (3, S, S)
     steps += [v2.ToPureTensor(), _Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
+class _Lighting:
+    """AlexNet-style PCA lighting noise (std 0.1) on a float image in [0, 1]: add eigvec @ (alpha * eigval) to every
+    pixel, alpha ~ N(0, std) per image, with the ImageNet RGB eigen-decomposition (SPEC 3: DARTS/MobileNet ImageNet)."""
+
+    EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+    EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+
+    def __init__(self, std: float = 0.1):
+        self.std = std
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3) * self.std  # (3,) from torch's RNG, like the other per-image augmentations
+        rgb = self.EIGVEC @ (alpha * self.EIGVAL)  # (3,)
+        return image + rgb.view(3, 1, 1)
+
+
+def build_imagenet_transform(size: int, augment: bool) -> v2.Compose:
+    """SPEC 3/6, ImageNet: train = RandomResizedCrop(S, scale 0.08-1) + flip + [0, 1] float + PCA lighting 0.1;
+    eval = resize the short side to S*256/224 + CenterCrop(S). No mean/std normalization, as the official code."""
+    steps = [v2.ToImage()]
+    if augment:
+        steps += [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        steps += [v2.Resize(size * 256 // 224, antialias=True), v2.CenterCrop(size)]
+    steps += [v2.ToPureTensor(), _Normalize([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])]  # u8 / 255 only
+    if augment:
+        steps.append(_Lighting(0.1))
     return v2.Compose(steps)
 
 
@@ -186,43 +217,50 @@ def _load_imagenet16(root: str, train: bool) -> TensorImages:
     return TensorImages(images, torch.from_numpy(labels[keep] - 1), 120)
 
 
-def _folder_error(problem: str, path: str) -> DataError:
+def _folder_error(problem: str, path: str, name: str = "folder") -> DataError:
+    if name == "imagenet":
+        return DataError(
+            f"--dataset imagenet: {problem}: {path!r}; expected DIR/train/<class>/<images> and DIR/val/<class>/<images> "
+            "(ImageFolder layout, the same class folders); or --dataset fake for a synthetic smoke run"
+        )
     return DataError(
         f"--dataset folder: {problem}: {path!r}; expected DIR/train/<class>/<images> and "
         f"DIR/test/<class>/<images> (or DIR/val/<class>/<images>) with the same class folders"
     )
 
 
-def _load_folder(root: str, train: bool) -> FileImages:
+def _load_folder(root: str, train: bool, name: str = "folder") -> FileImages:
     if not os.path.isdir(root):
-        raise _folder_error("no such directory", root)
+        raise _folder_error("no such directory", root, name)
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
-        raise _folder_error("no train/ folder in", root)
-    # test/ wins when both exist: for the CIFAR-10 copy it is the official test set.
-    eval_dir = next((d for d in (os.path.join(root, "test"), os.path.join(root, "val")) if os.path.isdir(d)), None)
+        raise _folder_error("no train/ folder in", root, name)
+    # test/ wins when both exist: for the CIFAR-10 copy it is the official test set. ImageNet: val/ only.
+    evals = ("val",) if name == "imagenet" else ("test", "val")
+    eval_dir = next((d for d in (os.path.join(root, e) for e in evals) if os.path.isdir(d)), None)
     if eval_dir is None:
-        raise _folder_error("no test/ nor val/ folder in", root)
+        raise _folder_error(f"no {' nor '.join(e + '/' for e in evals)} folder in", root, name)
     # Class folder names only (no image scan) for both splits, so a mismatch is caught whichever split is asked for.
     classes = {}
     for d in (train_dir, eval_dir):
         try:
             classes[d] = torchvision.datasets.folder.find_classes(d)[0]
         except FileNotFoundError:
-            raise _folder_error("no class folders in", d) from None
+            raise _folder_error("no class folders in", d, name) from None
     if classes[train_dir] != classes[eval_dir]:
         only_one = sorted(set(classes[train_dir]) ^ set(classes[eval_dir]))
         raise _folder_error(
             f"train/ and {os.path.basename(eval_dir)}/ have different class folders "
             f"({', '.join(only_one[:5])} in only one of them) in",
             root,
+            name,
         )
     split_dir = train_dir if train else eval_dir
     try:
         # ImageFolder lists the files (sorted, class index = position of the sorted folder name) without decoding.
         samples = torchvision.datasets.ImageFolder(split_dir).samples
     except FileNotFoundError as e:  # a class folder with no image file
-        raise _folder_error(f"{_one_line(e)} in", split_dir) from None
+        raise _folder_error(f"{_one_line(e)} in", split_dir, name) from None
     return FileImages(samples, len(classes[train_dir]))
 
 
@@ -259,17 +297,20 @@ def load_dataset(
     native = {"cifar10": 32, "cifar100": 32, "imagenet16-120": 16}.get(name)
     if native is not None and image_size not in (None, native):
         raise DataError(f"{name} images are {native}x{native}; drop --image-size or set it to {native}")
-    size = native or image_size or 32
+    size = native or image_size or (224 if name == "imagenet" else 32)
     if name in ("cifar10", "cifar100"):
         ds = _load_cifar(name, root, train)
     elif name == "imagenet16-120":
         ds = _load_imagenet16(root, train)
-    elif name == "folder":
-        ds = _load_folder(root, train)
+    elif name in ("folder", "imagenet"):
+        ds = _load_folder(root, train, name)
     else:
         ds = _load_fake(train, size, fake_images, fake_classes, fake_seed)
     # The test split is never augmented, whatever the caller asks (SPEC 3: test = normalize only).
-    ds.transform = build_transform(size, *MEAN_STD[name], augment=augment and train, resize=name == "folder")
+    if name == "imagenet":
+        ds.transform = build_imagenet_transform(size, augment=augment and train)
+    else:
+        ds.transform = build_transform(size, *MEAN_STD[name], augment=augment and train, resize=name == "folder")
     return ds
 
 

@@ -94,9 +94,9 @@ def test_search_bad_inputs(run_dir, tmp_path):
     torch.save(bad, tmp_path / "shape.pt")
     assert_user_error(run("search.py", "--ckpt", tmp_path / "shape.pt", check=False), "does not hold the weights")
     # a checkpoint of another search space
-    bad["supernet_args"] = dict(bad["supernet_args"], channels=4, space="darts")
+    bad["supernet_args"] = dict(bad["supernet_args"], channels=4, space="foo")
     torch.save(bad, tmp_path / "space.pt")
-    assert_user_error(run("search.py", "--ckpt", tmp_path / "space.pt", check=False), "'darts' supernet")
+    assert_user_error(run("search.py", "--ckpt", tmp_path / "space.pt", check=False), "'foo' supernet")
     # resuming train.py from a checkpoint that is not a complete train.py checkpoint
     (tmp_path / "r").mkdir()
     torch.save({"stage": "train", "model": {}}, tmp_path / "r" / "supernet.pt")
