@@ -331,3 +331,210 @@ def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:
             name = ".".join(parts[:4] + parts[5:])
         out[name] = tensor
     return out
+
+
+# ==============================================================================================
+# ===== MobileNet space (SPEC 2.4) =====
+# The ProxylessNAS-GPU-like space of the paper's Table 5: a fixed stem, 21 searchable MobileNetV2
+# blocks (kernel 3/5/7 x expansion 3/6, or identity where the shape allows it) and a fixed head.
+# An architecture is a "model_id": 21 ints, one per block, in {-1 (identity), 0..5}, e.g. the
+# paper's searched network (SPEC 7.4): "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2".
+# Everything is built at a width multiplier (1.0 = the paper's channels; tests use ~0.125).
+# ==============================================================================================
+MB_STAGES = ((32, 4, 2), (56, 4, 2), (112, 4, 2), (128, 4, 1), (256, 4, 2), (432, 1, 1))  # (out_ch, repeats, stride)
+MB_OPS = ((3, 3), (3, 6), (5, 3), (5, 6), (7, 3), (7, 6))  # choice index 0..5 = (kernel, expansion)
+MB_OP_NAMES = tuple(f"k{k}e{e}" for k, e in MB_OPS)  # 'k3e3' ... 'k7e6'
+MB_IDENTITY = -1  # the skip choice
+MB_STEM, MB_FIRST, MB_LAST = 40, 24, 1728  # stem conv out, fixed expansion-1 block out, final 1x1 conv out
+MB_NUM_BLOCKS = sum(n for _, n, _ in MB_STAGES)  # 21
+MB_OFFICIAL = (2, 0, -1, 2, 2, 0, 2, 4, 0, 4, 4, 2, 4, 2, 4, 2, 0, 0, 0, 2, 2)  # SPEC 7.4, Table 5: 5.3M params, 473M
+
+
+def mb_width(c: int, width: float) -> int:
+    """Channels at a width multiplier (1.0 = the paper's). Every block of a stage scales alike, so inp == oup stays true."""
+    return max(1, int(round(c * width)))
+
+
+def mb_blocks(width: float = 1.0) -> list[tuple[int, int, int]]:
+    """(inp, oup, stride) of the 21 searchable blocks; the first block of each stage changes channels (and/or stride)."""
+    out, inp = [], mb_width(MB_FIRST, width)
+    for c, repeats, stride in MB_STAGES:
+        for i in range(repeats):
+            out.append((inp, mb_width(c, width), stride if i == 0 else 1))
+            inp = mb_width(c, width)
+    return out
+
+
+# SPEC 2.4: identity only where a residual would be legal AND the block is not a stage's first: blocks
+# 1-3, 5-7, 9-11, 13-15, 17-19. (The official `stage_last_id=[4,8,12,16,20]` names these first blocks.)
+MB_STAGE_FIRST = tuple(sum(n for _, n, _ in MB_STAGES[:s]) for s in range(len(MB_STAGES)))  # (0, 4, 8, 12, 16, 20)
+MB_CHOICES = tuple(
+    tuple(range(len(MB_OPS))) if b in MB_STAGE_FIRST else (MB_IDENTITY, *range(len(MB_OPS))) for b in range(MB_NUM_BLOCKS)
+)  # per block: 6 or 7 allowed values; 6^6 * 7^15 architectures
+
+
+def mb_format(arch: Sequence[int]) -> str:
+    """(2, 0, -1, ...) -> '2 0 -1 ...' (the official model_id format)."""
+    mb_check(arch)
+    return " ".join(str(c) for c in arch)
+
+
+def mb_parse(text: str) -> tuple[int, ...]:
+    """'2 0 -1 2 ...' (spaces and/or commas, optional brackets) -> a checked tuple; ValueError names the problem."""
+    if not isinstance(text, str):
+        raise ValueError(f"a MobileNet model_id must be a string, got {type(text).__name__}")
+    tokens = text.strip().strip("[]()").replace(",", " ").split()
+    if len(tokens) != MB_NUM_BLOCKS:
+        n, example = len(tokens), mb_format(MB_OFFICIAL)
+        raise ValueError(f"a MobileNet model_id has {MB_NUM_BLOCKS} block choices, got {n} in {text!r}; e.g. '{example}'")
+    arch = []
+    for b, tok in enumerate(tokens):
+        try:
+            arch.append(int(tok))
+        except ValueError:
+            raise ValueError(f"MobileNet model_id {text!r}: block {b} choice {tok!r} is not an integer") from None
+    mb_check(arch)
+    return tuple(arch)
+
+
+def mb_check(arch: Sequence[int]) -> None:
+    """ValueError (one line) unless arch is 21 allowed choices: 0..5 everywhere, -1 only where SPEC 2.4 allows it."""
+    if len(arch) != MB_NUM_BLOCKS:
+        raise ValueError(f"a MobileNet architecture has {MB_NUM_BLOCKS} block choices, got {len(arch)}")
+    for b, c in enumerate(arch):
+        if c == MB_IDENTITY and b in MB_STAGE_FIRST:
+            raise ValueError(
+                f"MobileNet block {b}: identity (-1) is not allowed on blocks {', '.join(map(str, MB_STAGE_FIRST))} "
+                "(each is a stage's first block, which changes the channels or the resolution); use 0..5"
+            )
+        if not isinstance(c, int) or c not in MB_CHOICES[b]:
+            raise ValueError(
+                f"MobileNet block {b}: {c!r} is not a choice; use 0..5 = {' '.join(MB_OP_NAMES)} or -1 = identity"
+            )
+
+
+def mb_sample(gen: torch.Generator) -> tuple[int, ...]:
+    """RLNAS/SPOS: every block draws uniformly from its own choice list (SPEC 2.4 'Sampling').
+
+    Only `gen` is used: seeded identically on every DDP rank, all ranks train the same path (pitfall 4).
+    """
+    draw = torch.rand(MB_NUM_BLOCKS, generator=gen)  # (21,) in [0, 1)
+    return tuple(MB_CHOICES[b][int(u * len(MB_CHOICES[b]))] for b, u in enumerate(draw.tolist()))
+
+
+class MBConv(nn.Module):
+    """MobileNetV2 inverted residual (SPEC 2.4): pw expand + BN + ReLU6 -> dw kxk/s + BN + ReLU6 -> pw linear + BN.
+
+    expansion 1 (the fixed block after the stem) has no expand conv. The residual is added when
+    stride == 1 and inp == oup. Names (expand_conv, bn1, dw_conv, bn2, project_conv, bn3) are what
+    angle.py walks; they match the official conv[0], conv[1], conv[3], conv[4], conv[6], conv[7].
+    """
+
+    def __init__(self, inp: int, oup: int, kernel: int, stride: int, expansion: int):
+        super().__init__()
+        self.inp, self.oup, self.kernel, self.stride, self.expansion = inp, oup, kernel, stride, expansion
+        hidden = inp * expansion
+        if expansion != 1:
+            self.expand_conv = nn.Conv2d(inp, hidden, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(hidden)
+        self.dw_conv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False)
+        self.bn2 = nn.BatchNorm2d(hidden)
+        self.project_conv = nn.Conv2d(hidden, oup, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(oup)
+        self.residual = stride == 1 and inp == oup
+
+    def forward(self, x):
+        y = x
+        if self.expansion != 1:
+            y = nn.functional.relu6(self.bn1(self.expand_conv(y)))  # (B, e*inp, H, W)
+        y = nn.functional.relu6(self.bn2(self.dw_conv(y)))  # (B, e*inp, H/s, W/s)
+        y = self.bn3(self.project_conv(y))  # (B, oup, H/s, W/s): linear bottleneck, no activation
+        return x + y if self.residual else y
+
+    def extra_repr(self):
+        return f"{self.inp}->{self.oup}, k{self.kernel}, e{self.expansion}, stride {self.stride}"
+
+
+class MBChoiceBlock(nn.Module):
+    """One searchable position: the 6 MBConv candidates; forward runs only the chosen one (-1: returns x)."""
+
+    def __init__(self, inp: int, oup: int, stride: int, choices: Sequence[int]):
+        super().__init__()
+        self.inp, self.oup, self.choices = inp, oup, tuple(choices)
+        self.ops = nn.ModuleList([MBConv(inp, oup, k, stride, e) for k, e in MB_OPS])  # ops[c] = choice c
+
+    def forward(self, x, choice: int):
+        if choice == MB_IDENTITY:
+            return x  # ops not chosen get no gradient this step (nor weight decay: SGD skips grad-less params)
+        return self.ops[choice](x)  # (B, oup, H/s, W/s)
+
+
+def mb_init(model: nn.Module) -> None:
+    """SPEC 2.4 init: conv N(0, sqrt(2 / (k*k*out))), BN gamma 1 / beta 0, Linear left at PyTorch's default.
+
+    Part of the metric (pitfall 2): the angle is measured from these W0.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels  # depthwise: out_channels = hidden, as officially
+            nn.init.normal_(m.weight, 0.0, (2.0 / n) ** 0.5)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class _MobileNetBase(nn.Module):
+    """The fixed parts (SPEC 2.4 'Macro'): stem, the expansion-1 block, final 1x1 conv, pooling, classifier."""
+
+    def __init__(self, num_classes: int, width: float):
+        super().__init__()
+        stem, first, last = mb_width(MB_STEM, width), mb_width(MB_FIRST, width), mb_width(MB_LAST, width)
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6())  # 224 -> 112
+        self.first = MBConv(stem, first, 3, 1, 1)  # dw3x3(40) + BN + ReLU6 + pw 40->24 + BN (no residual: 40 != 24)
+        self.head = nn.Sequential(nn.Conv2d(mb_blocks(width)[-1][1], last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6())
+        # Official: AvgPool2d(7) on the 7x7 map at 224 px; adaptive pooling is the same there and also runs at 32/64 px.
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def _head(self, x):
+        x = self.pool(self.head(x)).flatten(1)  # (B, 1728)
+        return self.classifier(x)  # (B, K)
+
+
+class MobileNetSupernet(_MobileNetBase):
+    """All 21 x 6 candidate blocks; forward(x, arch) runs only arch's choice in each block (SPOS single path)."""
+
+    def __init__(self, num_classes: int = 1000, width: float = 1.0):
+        super().__init__(num_classes, width)
+        self.blocks = nn.ModuleList([MBChoiceBlock(i, o, s, MB_CHOICES[b]) for b, (i, o, s) in enumerate(mb_blocks(width))])
+        mb_init(self)
+        self.args = dict(space="mobilenet", num_classes=num_classes, width=width)
+
+    def forward(self, x, arch):
+        assert len(arch) == MB_NUM_BLOCKS, f"need {MB_NUM_BLOCKS} block choices, got {len(arch)}"
+        x = self.first(self.stem(x))  # (B, 24, H/2, W/2)
+        for block, choice in zip(self.blocks, arch):
+            x = block(x, choice)  # (B, oup, H', W')
+        return self._head(x)
+
+
+class MobileNetSubnet(_MobileNetBase):
+    """One model_id as a stand-alone network (what retrain.py trains): identity blocks are removed,
+    dropout 0.2 before the classifier (SPEC 6 'MobileNet')."""
+
+    def __init__(self, arch: Sequence[int], num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2):
+        super().__init__(num_classes, width)
+        mb_check(arch)
+        self.arch = tuple(arch)
+        kept = [(i, o, s, *MB_OPS[c]) for (i, o, s), c in zip(mb_blocks(width), arch) if c != MB_IDENTITY]
+        self.blocks = nn.Sequential(*[MBConv(i, o, k, s, e) for i, o, s, k, e in kept])  # identity blocks: removed
+        self.dropout = nn.Dropout(dropout)
+        mb_init(self)
+
+    def forward(self, x, arch=None):
+        x = self.blocks(self.first(self.stem(x)))  # (B, 432, H/32, W/32)
+        x = self.pool(self.head(x)).flatten(1)  # (B, 1728)
+        return self.classifier(self.dropout(x))  # (B, K)
+
+    def extra_repr(self):
+        return f"model_id='{mb_format(self.arch)}'"
