@@ -538,3 +538,63 @@ class MobileNetSubnet(_MobileNetBase):
 
     def extra_repr(self):
         return f"model_id='{mb_format(self.arch)}'"
+
+
+# ----------------------------------------------------------------------------------------------
+# RLNAS: the FLOPs lookup table of the MobileNet search (SPEC 5, "MobileNet FLOPs lookup table").
+# "FLOPs" in the paper's Table 5 are multiply-adds: one per weight use in a conv or linear layer
+# (BN, ReLU6, pooling and the residual add are not counted). A candidate's count is the fixed stem +
+# expansion-1 block + final 1x1 conv + classifier, plus its 21 chosen blocks; identity costs 0. The
+# table is measured once from the real modules (on the meta device: shapes only, no memory, no math).
+def mb_madds(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Exact multiply-adds of the Conv2d/Linear layers of `module` for ONE image x (1, C, H, W); returns (madds, output)."""
+    total = 0
+
+    def count(m, inputs, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            # every output element (C_out x H' x W') sums C_in/groups x k x k products
+            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total += m.in_features * m.out_features * (out.numel() // m.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        out = module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total, out
+
+
+MBTable = tuple[int, tuple[dict[int, int], ...]]  # (fixed madds, per block {choice: madds})
+_MB_TABLES: dict[tuple, MBTable] = {}  # (image_size, width, num_classes) -> table
+
+
+def mb_flops_table(image_size: int = 224, width: float = 1.0, num_classes: int = 1000) -> MBTable:
+    """(fixed madds, per block {choice: madds}) at this input size; computed once per configuration.
+
+    At 224 px (width 1, 1000 classes) the fixed part is 68.4M: stem + first block 30.1M, 1x1 conv + FC 38.3M.
+    """
+    key = (int(image_size), float(width), int(num_classes))
+    if key not in _MB_TABLES:
+        with torch.device("meta"):
+            net = MobileNetSupernet(num_classes, width).eval()  # eval: BN accepts a single 1x1 value
+            x = torch.empty(1, 3, image_size, image_size)  # (1, 3, H, W)
+            fixed, x = mb_madds(nn.Sequential(net.stem, net.first), x)  # x: (1, 24, H/2, W/2)
+            table = []
+            for block in net.blocks:
+                row = {MB_IDENTITY: 0} if MB_IDENTITY in block.choices else {}
+                for c, op in enumerate(block.ops):
+                    row[c], y = mb_madds(op, x)  # every choice maps x to the same shape
+                table.append(row)
+                x = y  # (1, oup, H', W')
+            head, _ = mb_madds(nn.Sequential(net.head, net.pool, nn.Flatten(), net.classifier), x)
+        _MB_TABLES[key] = (fixed + head, tuple(table))
+    return _MB_TABLES[key]
+
+
+def mb_flops(arch: Sequence[int], image_size: int = 224, width: float = 1.0, num_classes: int = 1000) -> int:
+    """Multiply-adds of MobileNetSubnet(arch) on one image, from the lookup table: a sum of 22 numbers."""
+    fixed, table = mb_flops_table(image_size, width, num_classes)
+    return fixed + sum(row[c] for row, c in zip(table, arch))
