@@ -578,18 +578,20 @@ def mb_flops_table(image_size: int = 224, width: float = 1.0, num_classes: int =
     """
     key = (int(image_size), float(width), int(num_classes))
     if key not in _MB_TABLES:
+        # The modules are built on the meta device (shapes only) and left at PyTorch's default init: values do not matter.
         with torch.device("meta"):
-            net = MobileNetSupernet(num_classes, width).eval()  # eval: BN accepts a single 1x1 value
-            x = torch.empty(1, 3, image_size, image_size)  # (1, 3, H, W)
-            fixed, x = mb_madds(nn.Sequential(net.stem, net.first), x)  # x: (1, 24, H/2, W/2)
-            table = []
-            for block in net.blocks:
-                row = {MB_IDENTITY: 0} if MB_IDENTITY in block.choices else {}
-                for c, op in enumerate(block.ops):
-                    row[c], y = mb_madds(op, x)  # every choice maps x to the same shape
-                table.append(row)
-                x = y  # (1, oup, H', W')
-            head, _ = mb_madds(nn.Sequential(net.head, net.pool, nn.Flatten(), net.classifier), x)
+            base = _MobileNetBase(num_classes, width).eval()  # eval: BN accepts a single 1x1 value
+            blocks = [MBChoiceBlock(i, o, s, MB_CHOICES[b]).eval() for b, (i, o, s) in enumerate(mb_blocks(width))]
+        x = torch.empty(1, 3, image_size, image_size, device="meta")  # (1, 3, H, W)
+        fixed, x = mb_madds(nn.Sequential(base.stem, base.first), x)  # x: (1, 24, H/2, W/2)
+        table = []
+        for block in blocks:
+            row = {MB_IDENTITY: 0} if MB_IDENTITY in block.choices else {}
+            for c, op in enumerate(block.ops):
+                row[c], y = mb_madds(op, x)  # every choice maps x to the same shape
+            table.append(row)
+            x = y  # (1, oup, H', W')
+        head, _ = mb_madds(nn.Sequential(base.head, base.pool, nn.Flatten(), base.classifier), x)
         _MB_TABLES[key] = (fixed + head, tuple(table))
     return _MB_TABLES[key]
 
