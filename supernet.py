@@ -567,14 +567,15 @@ def mb_madds(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
     return total, out
 
 
-MBTable = tuple[int, tuple[dict[int, int], ...]]  # (fixed madds, per block {choice: madds})
-_MB_TABLES: dict[tuple, MBTable] = {}  # (image_size, width, num_classes) -> table
+MBTable = tuple[int, tuple[dict[int, int], ...]]  # (fixed part, per block {choice: count})
+_MB_TABLES: dict[tuple, dict[str, MBTable]] = {}  # (image_size, width, num_classes) -> {"madds": ..., "params": ...}
 
 
-def mb_flops_table(image_size: int = 224, width: float = 1.0, num_classes: int = 1000) -> MBTable:
-    """(fixed madds, per block {choice: madds}) at this input size; computed once per configuration.
+def mb_cost_table(image_size: int = 224, width: float = 1.0, num_classes: int = 1000) -> dict[str, MBTable]:
+    """Lookup tables {"madds": (fixed, rows), "params": (fixed, rows)}, rows[b][choice]; computed once per configuration.
 
-    At 224 px (width 1, 1000 classes) the fixed part is 68.4M: stem + first block 30.1M, 1x1 conv + FC 38.3M.
+    At 224 px (width 1, 1000 classes) the fixed multiply-adds are 68.4M: stem + first block 30.1M, 1x1 conv + FC 38.3M.
+    Parameters (BN and biases included) do not depend on the image size; they serve search.py --fitness params.
     """
     key = (int(image_size), float(width), int(num_classes))
     if key not in _MB_TABLES:
@@ -582,21 +583,33 @@ def mb_flops_table(image_size: int = 224, width: float = 1.0, num_classes: int =
         with torch.device("meta"):
             base = _MobileNetBase(num_classes, width).eval()  # eval: BN accepts a single 1x1 value
             blocks = [MBChoiceBlock(i, o, s, MB_CHOICES[b]).eval() for b, (i, o, s) in enumerate(mb_blocks(width))]
+
+        def size(*modules):
+            return sum(p.numel() for m in modules for p in m.parameters())
+
         x = torch.empty(1, 3, image_size, image_size, device="meta")  # (1, 3, H, W)
         fixed, x = mb_madds(nn.Sequential(base.stem, base.first), x)  # x: (1, 24, H/2, W/2)
-        table = []
+        madds, params = [], []
         for block in blocks:
-            row = {MB_IDENTITY: 0} if MB_IDENTITY in block.choices else {}
+            madds.append({MB_IDENTITY: 0} if MB_IDENTITY in block.choices else {})  # identity: no weights, no work
+            params.append(dict(madds[-1]))
             for c, op in enumerate(block.ops):
-                row[c], y = mb_madds(op, x)  # every choice maps x to the same shape
-            table.append(row)
+                madds[-1][c], y = mb_madds(op, x)  # every choice maps x to the same shape
+                params[-1][c] = size(op)
             x = y  # (1, oup, H', W')
         head, _ = mb_madds(nn.Sequential(base.head, base.pool, nn.Flatten(), base.classifier), x)
-        _MB_TABLES[key] = (fixed + head, tuple(table))
+        _MB_TABLES[key] = dict(madds=(fixed + head, tuple(madds)), params=(size(base), tuple(params)))
     return _MB_TABLES[key]
 
 
 def mb_flops(arch: Sequence[int], image_size: int = 224, width: float = 1.0, num_classes: int = 1000) -> int:
     """Multiply-adds of MobileNetSubnet(arch) on one image, from the lookup table: a sum of 22 numbers."""
-    fixed, table = mb_flops_table(image_size, width, num_classes)
-    return fixed + sum(row[c] for row, c in zip(table, arch))
+    fixed, rows = mb_cost_table(image_size, width, num_classes)["madds"]
+    return fixed + sum(row[c] for row, c in zip(rows, arch))
+
+
+def mb_params(arch: Sequence[int], width: float = 1.0, num_classes: int = 1000) -> int:
+    """Parameters of MobileNetSubnet(arch), from the lookup table (any image size gives the same counts)."""
+    size = next((k[0] for k in _MB_TABLES if k[1:] == (float(width), int(num_classes))), 32)  # reuse a table if any
+    fixed, rows = mb_cost_table(size, width, num_classes)["params"]
+    return fixed + sum(row[c] for row, c in zip(rows, arch))
