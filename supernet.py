@@ -613,3 +613,64 @@ def mb_params(arch: Sequence[int], width: float = 1.0, num_classes: int = 1000) 
     size = next((k[0] for k in _MB_TABLES if k[1:] == (float(width), int(num_classes))), 32)  # reuse a table if any
     fixed, rows = mb_cost_table(size, width, num_classes)["params"]
     return fixed + sum(row[c] for row, c in zip(rows, arch))
+
+
+# ----------------------------------------------------------------------------------------------
+class MobileNetSpace:
+    """The MobileNet space through the shared search-space interface (one object, no state).
+
+    net_args = {"space": "mobilenet", "num_classes": K, "width": 1.0, "image_size": 224}: the supernet is rebuilt
+    from it, and the FLOPs table is measured at its image size (224 px reproduces the paper's 475M limit).
+    """
+
+    name = "mobilenet"
+    ckpt_keys = ("space", "num_classes", "width", "image_size")
+
+    def net_args(self, args, num_classes: int) -> dict:
+        width = getattr(args, "width", None) or 1.0
+        image_size = getattr(args, "image_size", None) or 224
+        return dict(space="mobilenet", num_classes=int(num_classes), width=float(width), image_size=int(image_size))
+
+    def supernet(self, net_args: dict) -> nn.Module:
+        model = MobileNetSupernet(net_args["num_classes"], net_args.get("width", 1.0))
+        model.args = dict(net_args)
+        return model
+
+    def sample_path(self, gen: torch.Generator, net_args: dict, shared: bool = False) -> tuple[int, ...]:
+        return mb_sample(gen)  # one choice per block; `shared` means nothing here (no repeated cells)
+
+    def gene_choices(self, net_args: dict) -> list[list[int]]:
+        return [list(c) for c in MB_CHOICES]  # 6 or 7 values per block
+
+    def mutation_choices(self, net_args: dict) -> list[list[int]]:
+        return [list(c) for c in MB_CHOICES]  # SPEC 5: uniform over the block's own list, identity where allowed
+
+    def repair(self, arch: tuple) -> tuple:
+        return tuple(arch)  # every draw from MB_CHOICES is valid
+
+    def parse(self, text: str) -> tuple[int, ...]:
+        return mb_parse(text)
+
+    def format(self, arch: tuple) -> str:
+        return mb_format(arch)
+
+    def tie_key(self, arch: tuple):
+        return tuple(arch)  # equal float64 angles are unlikely here; the tuple keeps any tie deterministic
+
+    def scorer(self, w0: dict, wt: dict, net_args: dict):
+        from angle import MBAngleScorer  # angle.py imports this module: import at call time
+
+        return MBAngleScorer(w0, wt, net_args)
+
+    def flops(self, arch: tuple, net_args: dict) -> int:
+        return mb_flops(arch, net_args.get("image_size", 224), net_args.get("width", 1.0), net_args["num_classes"])
+
+    def params(self, arch: tuple, net_args: dict) -> int:
+        return mb_params(arch, net_args.get("width", 1.0), net_args["num_classes"])
+
+    def network(self, arch: tuple, net_args: dict, **opts) -> nn.Module:
+        dropout = opts.get("dropout", 0.2)  # SPEC 6: Dropout(0.2) before the classifier
+        return MobileNetSubnet(arch, net_args["num_classes"], net_args.get("width", 1.0), 0.2 if dropout is None else dropout)
+
+    def input_size(self, net_args: dict) -> int:
+        return net_args.get("image_size", 224)
