@@ -246,3 +246,39 @@ def setup_distributed(device: str, backend: str, timeout_minutes: float) -> Dist
 def cleanup_distributed(d: Dist) -> None:
     if d.ddp and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation plumbing shared by train.py and retrain.py: the per-space recipes (SPEC 3 and 6) differ in which
+# parameters get weight decay and in how the gradient is clipped.
+WD_ON = ("all", "conv", "conv+fc")
+
+
+def make_sgd(model: torch.nn.Module, lr: float, momentum: float, nesterov: bool, wd: float, wd_on: str = "all"):
+    """SGD with weight decay on all parameters, or only on conv weights (4-D tensors), optionally + the classifier.
+
+    SPEC 3: NB201 and DARTS-CIFAR decay everything; DARTS-ImageNet decays 4-D conv weights only (its name filter
+    misses the FC); MobileNet decays conv weights + the FC weight. Two param groups then, the second with wd 0.
+    """
+    nesterov = nesterov and momentum > 0
+    if wd_on == "all":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    if wd_on not in WD_ON:
+        raise ValueError(f"wd_on must be one of {WD_ON}, got {wd_on!r}")
+    decay, rest = [], []
+    for name, q in model.named_parameters():
+        fc = wd_on == "conv+fc" and name.startswith("classifier.") and name.endswith("weight")
+        (decay if q.ndim == 4 or fc else rest).append(q)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def clip_gradients(optimizer, mode: str, value: float) -> None:
+    """Clip the gradient by its global norm (DARTS-CIFAR, retraining) or each element by value (ImageNet supernets)."""
+    if value <= 0:
+        return
+    params = [q for g in optimizer.param_groups for q in g["params"]]
+    if mode == "norm":
+        torch.nn.utils.clip_grad_norm_(params, value)
+    else:
+        torch.nn.utils.clip_grad_value_(params, value)

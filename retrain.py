@@ -32,18 +32,61 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 from common import UsageError, print0
 from data import DATASETS, DataError, Relabeled, epoch_loader, epoch_seed, in_memory, load_dataset, subset_indices
-from supernet import Subnet, arch_to_str, str_to_arch
+from supernet import SPACES, count_all_params, count_flops
 
 # ----------------------------------------------------------------------------------------------
-# Config: the NAS-Bench-201 protocol by default.
-p = common.Parser(description="Retrain one NB201 architecture from scratch on the real labels (stage 3).")
-p.add_argument("--arch", default=None, help="NB201 architecture string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+# The training protocol per (space, network variant); flags left at None take these values (config.json records
+# the filled ones).
+RECIPES = {
+    # NAS-Bench-201's protocol: C=16, N=5, 200 epochs, batch 256, SGD Nesterov, lr 0.1 cosine to 0, wd 5e-4
+    ("nb201", "cifar"): dict(
+        channels=16, layers=5, epochs=200, batch_size=256, lr=0.1, lr_schedule="cosine", warmup_epochs=0, momentum=0.9,
+        nesterov=True, wd=5e-4, wd_on="all", grad_clip=0.0, clip_mode="norm", label_smoothing=0.0, aux_weight=0.0,
+        drop_path=0.0, cutout=0,
+    ),
+    # The standard DARTS CIFAR-10 evaluation (Liu et al. 2019): C=36, 20 cells, auxiliary head 0.4, drop path 0.2,
+    # cutout 16, 600 epochs, batch 96, SGD 0.025 cosine to 0, wd 3e-4, grad-norm clip 5. (RLNAS itself retrains its
+    # DARTS cells on ImageNet only, SPEC 6.)
+    ("darts", "cifar"): dict(
+        channels=36, layers=20, epochs=600, batch_size=96, lr=0.025, lr_schedule="cosine", warmup_epochs=0, momentum=0.9,
+        nesterov=False, wd=3e-4, wd_on="all", grad_clip=5.0, clip_mode="norm", label_smoothing=0.0, aux_weight=0.4,
+        drop_path=0.2, cutout=16,
+    ),
+    # RLNAS's ImageNet protocol (SPEC 6): C=48 (46 for the <600M variant), 14 cells, auxiliary head 0.4, 250 epochs,
+    # batch 1024 = 128 x 8 GPUs, lr 0.5 with a 5-epoch linear warm-up then linear decay per epoch, label smoothing
+    # 0.1, wd 3e-5 on all parameters, grad-norm clip 5, no drop path
+    ("darts", "imagenet"): dict(
+        channels=48, layers=14, epochs=250, batch_size=128, lr=0.5, lr_schedule="linear", warmup_epochs=5, momentum=0.9,
+        nesterov=False, wd=3e-5, wd_on="all", grad_clip=5.0, clip_mode="norm", label_smoothing=0.1, aux_weight=0.4,
+        drop_path=0.0, cutout=0,
+    ),
+}  # fmt: skip
+# class counts known without reading the data (--count-only); folder data is listed to find out
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet16-120": 120, "imagenet": 1000, "fake": 10}
+
+# ----------------------------------------------------------------------------------------------
+# Config: a default of None means "the recipe's value" (RECIPES above; the brackets give NB201's).
+p = common.Parser(description="Retrain one searched architecture from scratch on the real labels (stage 3).")
+p.add_argument("--arch", default=None, help="architecture string, e.g. NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+p.add_argument("--genotype", default=None, help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)")
 p.add_argument("--ckpt-search", default=None, help="search.json written by search.py: retrain its winner")
-p.add_argument("--channels", type=common.number(int), default=16, help="C (16)")
-p.add_argument("--layers", type=common.number(int), default=5, help="N cells per stage (5)")
+p.add_argument(
+    "--space", default=None, choices=list(SPACES), help="search space (default: the search.json's; darts for --genotype)"
+)
+p.add_argument(
+    "--variant",
+    default=None,
+    choices=["cifar", "imagenet"],
+    help="network variant: cifar or imagenet (default: imagenet for --dataset imagenet, else cifar)",
+)
+p.add_argument("--count-only", action="store_true", help="print the parameters and multiply-adds of the network and exit")
+p.add_argument("--channels", type=common.number(int), default=None, help="C (16; DARTS 36 CIFAR, 48 ImageNet)")
+p.add_argument("--layers", type=common.number(int), default=None, help="NB201: N cells per stage (5); DARTS: cells (20; 14)")
 p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset (default cifar10)")
 p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
-p.add_argument("--image-size", type=common.number(int), default=None, help="image side for folder/fake data (default 32)")
+p.add_argument(
+    "--image-size", type=common.number(int), default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
+)
 p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
 p.add_argument("--data-seed", type=int, default=0, help="seed of --subset and of the fake data (0)")
 p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
@@ -61,12 +104,26 @@ p.add_argument(
     choices=["auto", "channels_last", "contiguous"],
     help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
 )
-p.add_argument("--epochs", type=common.number(int), default=200, help="epochs (200)")
-p.add_argument("--batch-size", type=common.number(int), default=256, help="batch size per process (256)")
-p.add_argument("--lr", type=common.number(float, 0), default=0.1, help="initial learning rate, cosine to 0 (0.1)")
-p.add_argument("--momentum", type=common.number(float, 0), default=0.9, help="SGD momentum (0.9)")
-p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum (on)")
-p.add_argument("--wd", type=common.number(float, 0), default=5e-4, help="weight decay (5e-4)")
+p.add_argument("--epochs", type=common.number(int), default=None, help="epochs (200)")
+p.add_argument("--batch-size", type=common.number(int), default=None, help="batch size per process (256)")
+p.add_argument("--lr", type=common.number(float, 0), default=None, help="initial learning rate (0.1)")
+p.add_argument(
+    "--lr-schedule",
+    default=None,
+    choices=["cosine", "linear"],
+    help="cosine to 0 per epoch (NB201, DARTS-CIFAR) or linear per epoch after --warmup-epochs (ImageNet)",
+)
+p.add_argument("--warmup-epochs", type=common.number(int, 0), default=None, help="linear warm-up epochs (0; ImageNet 5)")
+p.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum (0.9)")
+p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum (on for NB201)")
+p.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay (5e-4)")
+p.add_argument("--wd-on", default=None, choices=list(common.WD_ON), help="which parameters get weight decay (all)")
+p.add_argument("--grad-clip", type=common.number(float, 0), default=None, help="gradient clipping threshold (0 = off)")
+p.add_argument("--clip-mode", default=None, choices=["norm", "value"], help="clip the gradient norm or each value (norm)")
+p.add_argument("--label-smoothing", type=common.number(float, 0), default=None, help="label smoothing (0; ImageNet 0.1)")
+p.add_argument("--aux-weight", type=common.number(float, 0), default=None, help="auxiliary-head loss weight (0; DARTS 0.4)")
+p.add_argument("--drop-path", type=common.number(float, 0), default=None, help="final drop-path probability (0; C10 0.2)")
+p.add_argument("--cutout", type=common.number(int, 0), default=None, help="cutout square side in pixels (0; DARTS-C10 16)")
 p.add_argument("--seed", type=int, default=0, help="seed of the init and the data order (0)")
 p.add_argument("--eval-every", type=common.number(int), default=1, help="test every N epochs (and after the last) (1)")
 p.add_argument("--out", default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)")
@@ -82,28 +139,75 @@ p.add_argument(
     "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank"
 )
 RUN_FLAGS = {"out", "resume", "force", "log_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
-RUN_FLAGS |= {"eval_every"}  # how often to test changes no weight
+RUN_FLAGS |= {"eval_every", "count_only"}  # how often to test changes no weight
 
 
-def resolve_arch(args) -> tuple:
-    """The architecture from --arch or from the winner of a search.json (one of the two)."""
-    if (args.arch is None) == (args.ckpt_search is None):
-        raise UsageError("give exactly one of --arch STRING or --ckpt-search runs/<run>/search.json")
-    text = args.arch
+def resolve_arch(args):
+    """(space, architecture) from --arch, --genotype or the winner of a search.json (exactly one of the three)."""
+    given = [a for a in (args.arch, args.genotype, args.ckpt_search) if a is not None]
+    if len(given) != 1:
+        raise UsageError(
+            "give exactly one of --arch STRING, --genotype 'Genotype(...)' or --ckpt-search runs/<run>/search.json"
+        )
+    text, space = args.arch or args.genotype, args.space or ("darts" if args.genotype is not None else None)
     if args.ckpt_search is not None:
         try:
             with open(args.ckpt_search) as f:
-                text = json.load(f)["winner"]["arch"]
+                found = json.load(f)
+            text = found["winner"]["arch"]
+            space = space or found.get("supernet_args", {}).get("space")
         except FileNotFoundError:
             raise UsageError(f"{args.ckpt_search} does not exist; pass the search.json written by search.py") from None
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise UsageError(
                 f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py"
             ) from None
+    args.space = space or "nb201"
+    if args.space not in SPACES:
+        raise UsageError(f"{args.ckpt_search} comes from an unknown search space {args.space!r}")
     try:
-        return str_to_arch(text)
+        return SPACES[args.space], SPACES[args.space].parse(text)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def fill_recipe(args) -> None:
+    """Fill every flag left at None from the (space, variant) recipe."""
+    variants = [v for s, v in RECIPES if s == args.space]
+    if args.variant is None:
+        args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
+    if (args.space, args.variant) not in RECIPES:
+        raise UsageError(f"--space {args.space} has no {args.variant} network; use --variant {' or '.join(variants)}")
+    if args.space == "nb201" and any(getattr(args, k) for k in ("aux_weight", "drop_path", "cutout")):
+        raise UsageError("--aux-weight, --drop-path and --cutout belong to the DARTS protocol, not to --space nb201")
+    for key, value in RECIPES[args.space, args.variant].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.image_size is None:
+        args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
+
+
+def lr_at(epoch: int, args) -> float:
+    if args.lr_schedule == "linear":
+        # SPEC 6 (ImageNet): warm-up lr * (e+1) / W for the first W epochs, then linear decay per epoch from lr,
+        # ending at lr / (E - W) in the last epoch (the "tiny tail"); never 0 or below
+        if epoch < args.warmup_epochs:
+            return args.lr * (epoch + 1) / args.warmup_epochs
+        return args.lr * (args.epochs - epoch) / max(1, args.epochs - args.warmup_epochs)
+    # cosine to 0 per epoch (NAS-Bench-201 and DARTS-CIFAR); computed in float32 as this script always has
+    return 0.5 * args.lr * (1 + torch.cos(torch.tensor(torch.pi * epoch / args.epochs)).item())
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """DARTS cutout on a normalized batch (B, 3, H, W): one size x size square per image set to 0, its centre uniform
+    over the image and the square clipped at the borders (DeVries & Taylor 2017, as in the DARTS evaluation)."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1, 1), generator=gen, device=x.device)
+    cx = torch.randint(0, w, (b, 1, 1), generator=gen, device=x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (rows >= cy - size // 2) & (rows < cy + size // 2) & (cols >= cx - size // 2) & (cols < cx + size // 2)
+    return x * (~inside).unsqueeze(1).to(x.dtype)  # (B, 3, H, W)
 
 
 @torch.no_grad()
@@ -128,13 +232,39 @@ def model_classes(model) -> int:
     return (model.module if isinstance(model, DDP) else model).classifier.out_features
 
 
+def count(space, arch, net_args: dict) -> tuple[int, int, int]:
+    """(parameters with the auxiliary head, parameters without it, multiply-adds without it at the input size).
+
+    Table 3 convention (SPEC 7.2): parameters and FLOPs of the network without the auxiliary head, FLOPs counted as
+    multiply-adds of convolutions and linear layers (torch.utils.flop_counter, halved). Built on the meta device.
+    """
+    with torch.device("meta"):
+        full = space.network(arch, net_args, aux=True)
+        bare = space.network(arch, net_args, aux=False)
+    return count_all_params(full), count_all_params(bare), count_flops(bare, net_args.get("image_size", 32))
+
+
 def main():
     args = p.parse_args()
-    arch = resolve_arch(args)
+    space, arch = resolve_arch(args)
+    arch_text = space.format(arch)
     if args.out is None:
         args.out = os.path.join(
-            "runs", f"retrain-{args.dataset}-{hashlib.sha1(arch_to_str(arch).encode()).hexdigest()[:8]}-s{args.seed}"
+            "runs", f"retrain-{args.dataset}-{hashlib.sha1(arch_text.encode()).hexdigest()[:8]}-s{args.seed}"
         )
+    if args.count_only:  # no data, no run directory: the network's size and cost, then exit
+        fill_recipe(args)
+        num_classes = NUM_CLASSES.get(args.dataset)
+        if num_classes is None:  # folder data: list the class folders
+            num_classes = load_dataset(args.dataset, args.data, "train", augment=False).num_classes
+        net_args = space.retrain_args(args, num_classes)
+        n_aux, n_bare, flops = count(space, arch, net_args)
+        print(
+            f"{arch_text}\n{args.space} {args.variant} network {net_args}: {n_bare:,} parameters "
+            f"({n_bare / 1e6:.2f}M) without the auxiliary head, {n_aux:,} with it | {flops / 1e6:.1f}M multiply-adds "
+            f"at {args.image_size}x{args.image_size}"
+        )
+        return
 
     # ------------------------------------------------------------------------------------------
     # BOILERPLATE: devices, torchrun, run directory, resume.
@@ -146,11 +276,12 @@ def main():
         ckpt = common.load_checkpoint(ckpt_path, "retrain checkpoint")
         if ckpt.get("stage") != "retrain":
             raise UsageError(f"{ckpt_path} is not a retrain.py checkpoint")
-        if ckpt["arch"] != arch_to_str(arch):
-            raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_to_str(arch)}")
+        if ckpt["arch"] != arch_text:
+            raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_text}")
         for key, saved in ckpt["config"].items():
-            if key not in RUN_FLAGS and key not in ("arch", "ckpt_search"):
+            if key not in RUN_FLAGS and key not in ("arch", "genotype", "ckpt_search"):
                 setattr(args, key, saved)
+    fill_recipe(args)
 
     # ------------------------------------------------------------------------------------------
     # Data: real labels, standard augmentation on train, none on test.
@@ -176,20 +307,15 @@ def main():
     # ------------------------------------------------------------------------------------------
     # Model and optimizer.
     torch.manual_seed(args.seed)
-    raw_model = Subnet(arch, args.channels, args.layers, base.num_classes).to(d.device)
+    net_args = space.retrain_args(args, base.num_classes)
+    raw_model = space.network(arch, net_args, aux=args.aux_weight > 0).to(d.device)
     fmt = common.memory_format(args.memory_format, d.device)
     acc_dtype = torch.float32 if d.device.type == "mps" else torch.float64  # running loss/accuracy sums (no fp64 on MPS)
     raw_model = raw_model.to(memory_format=fmt)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
-    optimizer = torch.optim.SGD(
-        raw_model.parameters(),
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov and args.momentum > 0,
-        weight_decay=args.wd,
-    )
+    optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
     start_epoch, start_batch, step = 0, 0, 0
     if ckpt is not None:
         try:
@@ -206,11 +332,12 @@ def main():
         print0(f"resumed {ckpt_path} at epoch {start_epoch}")
     elif d.master:
         common.atomic_write_json(
-            {**vars(args), "arch": arch_to_str(arch), "git_commit": common.git_commit()}, os.path.join(args.out, "config.json")
+            {**vars(args), "arch": arch_text, "git_commit": common.git_commit()}, os.path.join(args.out, "config.json")
         )
-    params = sum(q.numel() for q in raw_model.parameters())
+    n_aux, n_bare, flops = count(space, arch, net_args)
     print0(
-        f"retrain {arch_to_str(arch)} | C={args.channels} N={args.layers} | {params:,} parameters | "
+        f"retrain {arch_text} | {args.space} {args.variant} C={args.channels} layers={args.layers} | {n_aux:,} parameters "
+        f"({n_bare / 1e6:.2f}M without the auxiliary head) | {flops / 1e6:.1f}M multiply-adds at {args.image_size}px | "
         f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}"
     )
 
@@ -230,19 +357,21 @@ def main():
                 "batch": batch,
                 "step": step,
                 "totals": totals,
-                "arch": arch_to_str(arch),
+                "arch": arch_text,
             }
             state.update(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), config=vars(args))
             common.atomic_save({**state, "test_top1": top1, "test_top5": top5}, ckpt_path)
 
     # ------------------------------------------------------------------------------------------
-    # Training loop (cosine to 0 per epoch, as NAS-Bench-201).
+    # Training loop (lr per epoch: cosine to 0 as NAS-Bench-201 and DARTS, or warm-up + linear for ImageNet).
     t_run, steps_run = time.time(), 0
     top1, top5 = (ckpt.get("test_top1"), ckpt.get("test_top5")) if ckpt else (None, None)
     for epoch in range(start_epoch, args.epochs):
-        lr = 0.5 * args.lr * (1 + torch.cos(torch.tensor(torch.pi * epoch / args.epochs)).item())
+        lr = lr_at(epoch, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if args.drop_path > 0:  # DARTS: the drop-path probability grows linearly with the epoch
+            raw_model.drop_path_prob = args.drop_path * epoch / args.epochs
         if not fast:
             torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # per-sample augmentation: replayable on resume
         loader = epoch_loader(
@@ -257,12 +386,23 @@ def main():
             if i < skip:
                 continue  # drawn again (same order, same crops) but already trained on
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
+            if args.cutout or args.drop_path:
+                # cutout squares and drop-path masks come from a generator seeded by (seed, step, rank): a resumed run
+                # draws the same ones, and the data pipeline's own random stream is left untouched
+                gen = torch.Generator(device=x.device).manual_seed(epoch_seed(args.seed, step, d.rank))
+                raw_model.drop_generator = gen
+                if args.cutout:
+                    x = cutout(x, args.cutout, gen)
             x = x.contiguous(memory_format=fmt)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):  # --amp: bf16 forward
-                logits = model(x)  # (B, K)
-                loss = F.cross_entropy(logits.float(), y)
+                out = model(x)  # (B, K), or with the auxiliary head in training: ((B, K), (B, K))
+                logits, aux = out if isinstance(out, tuple) else (out, None)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
+                if aux is not None:  # DARTS: loss + 0.4 * the auxiliary head's loss (SPEC 6)
+                    loss = loss + args.aux_weight * F.cross_entropy(aux.float(), y, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            common.clip_gradients(optimizer, args.clip_mode, args.grad_clip)
             optimizer.step()
             # running sums stay on the device: no host synchronisation per step
             totals[0] += loss.detach().to(acc_dtype) * len(y)
@@ -300,7 +440,7 @@ def main():
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
         save(epoch + 1, 0, None)  # after the log line: a crash in between only repeats this epoch
-    print0(f"done: {arch_to_str(arch)} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
+    print0(f"done: {arch_text} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
     common.cleanup_distributed(d)
 
 

@@ -29,15 +29,22 @@ import numpy as np
 import torch
 
 import common
-from angle import AngleScorer
 from benchmark import BenchmarkError, load_benchmark
 from common import UsageError
 from data import DataError, Relabeled, epoch_loader, in_memory, load_dataset, split_indices, subset_indices
 from evolution import evolve, rank, tie_group
-from supernet import OPS, Supernet, all_archs, arch_to_str, count_params, str_to_arch
+from supernet import SPACES, arch_to_str, str_to_arch
 
 # ----------------------------------------------------------------------------------------------
-# Config (SPEC 5, NB201: population 100, top-30, 50 mutations with p=0.1 never to 'none', 50 crossovers, 20 gens)
+# The evolution settings per search space (SPEC 5); flags left at None take these. NB201: population 100, top-30,
+# 50 mutations with p=0.1 never to 'none', 50 crossovers, 20 generations. DARTS (and the SPOS defaults): population
+# 50, top-10, 25 mutations, 25 crossovers, 20 generations = 1,000 candidates.
+RECIPES = {
+    "nb201": dict(population=100, topk=30, mutations=50, crossovers=50, mutation_prob=0.1, generations=20),
+    "darts": dict(population=50, topk=10, mutations=25, crossovers=25, mutation_prob=0.1, generations=20),
+}
+
+# Config
 p = common.Parser(description="Search the architecture with the largest angle (stage 2).")
 p.add_argument("--ckpt", required=True, help="supernet.pt written by train.py (it names its W0 file)")
 p.add_argument("--w0", default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
@@ -56,12 +63,19 @@ p.add_argument(
 p.add_argument("--batch-size", type=common.number(int), default=256, help="--fitness accuracy: batch size (256)")
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="--fitness accuracy: device")
 p.add_argument("--exhaustive", action="store_true", help="score all 15,625 NB201 architectures instead of evolving")
-p.add_argument("--population", type=common.number(int), default=100, help="candidates per generation (100)")
-p.add_argument("--topk", type=common.number(int), default=30, help="elitist archive that parents come from (30)")
-p.add_argument("--mutations", type=common.number(int, 0), default=50, help="mutants per generation (50)")
-p.add_argument("--crossovers", type=common.number(int, 0), default=50, help="crossover children per generation (50)")
-p.add_argument("--mutation-prob", type=common.number(float, 0), default=0.1, help="per-gene mutation probability (0.1)")
-p.add_argument("--generations", type=common.number(int), default=20, help="generations (20)")
+p.add_argument("--population", type=common.number(int), default=None, help="candidates per generation (NB201 100, DARTS 50)")
+p.add_argument("--topk", type=common.number(int), default=None, help="elitist archive that parents come from (30; 10)")
+p.add_argument("--mutations", type=common.number(int, 0), default=None, help="mutants per generation (50; 25)")
+p.add_argument("--crossovers", type=common.number(int, 0), default=None, help="crossover children per generation (50; 25)")
+p.add_argument("--mutation-prob", type=common.number(float, 0), default=None, help="per-gene mutation probability (0.1)")
+p.add_argument("--generations", type=common.number(int), default=None, help="generations (20)")
+p.add_argument(
+    "--max-flops",
+    type=common.number(float, 0),
+    default=None,
+    help="only architectures with at most M million multiply-adds at the supernet's input size (checked before "
+    "scoring; SPEC 5: 600 for DARTS-ImageNet)",
+)
 p.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
 p.add_argument("--benchmark", default=None, help="NAS-Bench-201 CSV (ArchitectureString + accuracy columns) to report against")
 p.add_argument(
@@ -86,14 +100,13 @@ SEARCH_KEYS = (
     "mutation_prob",
     "generations",
     "seed",
+    "max_flops",
 )
 
 
 def tie_key(arch):
-    # RLNAS: ties are real. A skip on a path whose other edges are skips adds no weights, exactly like 'none',
-    # so such cells share one angle. Documented rule: prefer fewer 'none' edges (keep the connection), then the
-    # smaller op-index tuple; deterministic and independent of evaluation order.
-    return (sum(o == 0 for o in arch), tuple(arch))
+    """NB201's tie rule (supernet.NB201Space.tie_key), kept here for bench.py."""
+    return SPACES["nb201"].tie_key(arch)
 
 
 class OneShotAccuracy:
@@ -108,7 +121,7 @@ class OneShotAccuracy:
 
     def __init__(self, wt: dict, net_args: dict, config: dict, args):
         self.device = common.resolve_device(args.device)
-        self.net = Supernet(net_args["channels"], net_args["layers"], net_args["num_classes"]).to(self.device)
+        self.net = SPACES[net_args["space"]].supernet(net_args).to(self.device)
         self.net.load_state_dict(wt)
         name, root = config["dataset"], args.data or config["data"]
         kw = dict(
@@ -117,7 +130,9 @@ class OneShotAccuracy:
             fake_seed=config.get("data_seed", 0),
         )
         train = load_dataset(name, root, "train", augment=False, **kw)
-        half = config.get("split") == "half" or (config.get("split") == "auto" and name == "cifar10")
+        half = config.get("split") == "half" or (
+            config.get("split") == "auto" and name == "cifar10" and config.get("space", "nb201") == "nb201"
+        )
         if half:  # the valid half that the supernet never saw
             held, held_idx = train, split_indices(len(train), config.get("data_seed", 0))[1]
         else:
@@ -160,14 +175,14 @@ def make_fitness(kind: str, w0: dict, wt: dict, net_args: dict, seed: int, ckpt:
     """The batched fitness the evolution maximises: list of archs -> list of floats."""
     if kind == "accuracy":
         return OneShotAccuracy(wt, net_args, ckpt["config"], args)
+    space = SPACES[net_args["space"]]
     if kind == "angle":
         # RLNAS: the angle. One pass over both state_dicts, then any angle is a handful of sums (angle.py).
-        scorer = AngleScorer(w0, wt, net_args)
+        scorer = space.scorer(w0, wt, net_args)
         return lambda archs: scorer.angles(archs).tolist()
     if kind == "params":
         # baseline: the parameter count of the stand-alone network, a proxy that needs no training at all
-        shape = (net_args["channels"], net_args["layers"], net_args["num_classes"])
-        return lambda archs: [float(count_params(a, *shape)) for a in archs]
+        return lambda archs: [float(space.params(a, net_args)) for a in archs]
     # baseline: random search. The score is a function of (seed, arch) only, so a resumed search sees the same one.
     return lambda archs: [float(np.random.default_rng([seed & 0xFFFFFFFF, *a]).random()) for a in archs]
 
@@ -178,14 +193,16 @@ def load_supernet_pair(path: str, w0_path: str | None):
     if ckpt.get("stage") != "train" or not {"model", "supernet_args", "w0", "epoch"} <= set(ckpt):
         raise UsageError(f"{path} is not a supernet checkpoint written by train.py")
     args = dict(ckpt["supernet_args"])
-    if not {"space", "channels", "layers", "num_classes"} <= set(args):
+    if args.get("space") not in SPACES:
+        raise UsageError(f"{path} is a {args.get('space')!r} supernet; this search knows {', '.join(SPACES)}")
+    space = SPACES[args["space"]]
+    if not set(space.ckpt_keys) <= set(args):
         raise UsageError(f"{path} does not describe its supernet (supernet_args {args}); the file is damaged or edited")
-    if args.get("space") != "nb201":
-        raise UsageError(f"{path} is a {args.get('space')!r} supernet; this search knows nb201")
-    with torch.device("meta"):
-        expected = {
-            k: tuple(v.shape) for k, v in Supernet(args["channels"], args["layers"], args["num_classes"]).state_dict().items()
-        }
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in space.supernet(args).state_dict().items()}
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise UsageError(f"{path} describes a supernet that cannot be built ({err}); the file is damaged or edited") from None
     if {k: tuple(v.shape) for k, v in ckpt["model"].items()} != expected:
         raise UsageError(
             f"{path} does not hold the weights of the supernet it describes {args}; the file is damaged or edited"
@@ -214,6 +231,24 @@ def main():
         )
     t_start = time.time()
     w0, wt, net_args, ckpt = load_supernet_pair(args.ckpt, args.w0)
+    space = SPACES[net_args["space"]]
+    for key, value in RECIPES.get(space.name, RECIPES["darts"]).items():  # SPEC 5 settings of this space
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if space.name != "nb201" and (args.exhaustive or args.benchmark or args.plot):
+        raise UsageError("--exhaustive, --benchmark and --plot need the NB201 space (15,625 cells, the NB201 benchmark)")
+    constraint = None
+    if args.max_flops is not None:
+        if space.flops is None:
+            raise UsageError(f"the {space.name} space has no FLOPs count, so --max-flops cannot apply; drop it")
+        if args.exhaustive:
+            raise UsageError("--max-flops applies to the evolution, not to --exhaustive")
+        limit = args.max_flops * 1e6
+
+        def constraint(arch) -> bool:
+            # RLNAS: the FLOPs filter runs BEFORE the angle (SPEC 5, pitfall 8); evolve() calls it on every candidate
+            return space.flops(arch, net_args) <= limit
+
     bench = None
     if args.benchmark:
         bench = load_benchmark(args.benchmark, str_to_arch)
@@ -222,11 +257,11 @@ def main():
     # RLNAS: the fitness. One pass over both state_dicts, then any angle is a handful of sums (angle.py).
     fitness = make_fitness(args.fitness, w0, wt, net_args, args.seed, ckpt, args)
     t_load = time.time() - t_start
-    settings = {k: getattr(args, k) for k in SEARCH_KEYS}
+    settings = {k: getattr(args, k) for k in SEARCH_KEYS if k != "max_flops" or args.max_flops is not None}
     ident = {"ckpt": os.path.abspath(args.ckpt), "ckpt_epoch": ckpt["epoch"], "ckpt_fingerprint": common.state_fingerprint(wt)}
     memo = {}
     if args.resume:
-        memo = load_previous(out, settings, ident)
+        memo = load_previous(out, settings, ident, space)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     print(f"loaded {args.ckpt} (epoch {ckpt['epoch']}) and its W0 in {t_load:.2f}s | supernet {net_args}")
 
@@ -238,7 +273,7 @@ def main():
     }
     if args.exhaustive:
         t0 = time.time()
-        archs = all_archs()
+        archs = space.all_archs(net_args)
         scores = dict(zip(archs, fitness(archs)))
         print(f"scored all {len(archs):,} architectures in {time.time() - t0:.3f}s")
     else:
@@ -251,30 +286,40 @@ def main():
             eta = (args.generations - gen.index - 1) * (time.time() - t0) / (gen.index + 1)
             line = (
                 f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.0f} archs/s | "
-                f"ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {arch_to_str(best)}"
+                f"ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {space.format(best)}"
             )
             if bench is not None and len(gen.evaluated) > 1:
                 col = next(iter(bench.acc))
                 line += f" | tau({col}) {bench.tau(gen.evaluated, col):+.3f}"
             print(line)
-            write_state(out, state, gen.evaluated, gen.archive, gen.index + 1, done=False)
+            write_state(out, state, gen.evaluated, gen.archive, gen.index + 1, space, done=False)
 
-        result = evolve(
-            [list(range(len(OPS)))] * 6,
-            fitness,
-            population=args.population,
-            topk=args.topk,
-            mutations=args.mutations,
-            crossovers=args.crossovers,
-            mutation_prob=args.mutation_prob,
-            generations=args.generations,
-            mutation_choices=[list(range(1, len(OPS)))] * 6,  # never mutate into 'none' (SPEC 5)
-            tie_key=tie_key,
-            tie_tol=TIE_TOL,
-            seed=args.seed,
-            memo=memo,
-            on_generation=on_generation,
-        )
+        try:
+            result = evolve(
+                space.gene_choices(net_args),
+                fitness,
+                population=args.population,
+                topk=args.topk,
+                mutations=args.mutations,
+                crossovers=args.crossovers,
+                mutation_prob=args.mutation_prob,
+                generations=args.generations,
+                mutation_choices=space.mutation_choices(net_args),  # NB201: never mutate into 'none' (SPEC 5)
+                constraint=constraint,
+                repair=space.repair,
+                tie_key=space.tie_key,
+                tie_tol=TIE_TOL,
+                seed=args.seed,
+                memo=memo,
+                on_generation=on_generation,
+            )
+        except ValueError as err:
+            if constraint is None or "initial architectures" not in str(err):
+                raise
+            raise UsageError(
+                f"--max-flops {args.max_flops:g}: too few architectures of at most {args.max_flops:g}M multiply-adds to "
+                f"fill the initial population of {args.population}; raise --max-flops"
+            ) from None
         scores = result.evaluated
         print(
             f"evolution: {len(scores):,} architectures evaluated in {time.time() - t0:.3f}s "
@@ -283,7 +328,7 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # Report: the top architectures, the winner's tie group, and the benchmark view.
-    ordered = rank(scores, tie_key, TIE_TOL)
+    ordered = rank(scores, space.tie_key, TIE_TOL)
     group = tie_group(ordered, scores, TIE_TOL)
     winner = ordered[0]
     cols = list(bench.acc) if bench else []
@@ -293,10 +338,13 @@ def main():
     print(header)
     for i, a in enumerate(ordered[: args.top]):
         accs = "".join(f"{bench.accuracy(a, c):16.2f}" if a in bench.index else f"{'n/a':>16}" for c in cols) if bench else ""
-        print(f"{i + 1:3d} {scores[a]:10.6f}  {accs}  {arch_to_str(a)}")
+        print(f"{i + 1:3d} {scores[a]:10.6f}  {accs}  {space.format(a)}")
+    flops = ""
+    if space.flops is not None:
+        flops = f"  {space.flops(winner, net_args) / 1e6:.1f}M multiply-adds"
     print(
-        f"\nwinner: {arch_to_str(winner)}  {args.fitness} {scores[winner]:.6f}  tie group of {len(group)} "
-        f"(scores within {TIE_TOL:g}; ties broken by fewer 'none' edges, then op indices)"
+        f"\nwinner: {space.format(winner)}  {args.fitness} {scores[winner]:.6f}{flops}  tie group of {len(group)} "
+        f"(scores within {TIE_TOL:g}; ties broken by the space's rule)"
     )
     report = {}
     if bench is not None:
@@ -308,6 +356,7 @@ def main():
         scores,
         ordered[: max(args.topk, args.top)],
         args.generations if not args.exhaustive else 1,
+        space,
         done=True,
         winner=winner,
         group=group,
@@ -397,20 +446,21 @@ def plot(args, out: str, bench, scores: dict, winner, report: dict) -> None:
     print("plots: " + (", ".join(written) if written else "nothing to plot (give --benchmark, or train with --track-tau)"))
 
 
-def write_state(out, state, scores, archive, generations_done, done, winner=None, group=None):
+def write_state(out, state, scores, archive, generations_done, space, done, winner=None, group=None):
+    fmt = space.format
     state = dict(
         state,
         generations_done=generations_done,
         done=done,
-        evaluated=[[arch_to_str(a), s] for a, s in scores.items()],
-        archive=[[arch_to_str(a), scores[a]] for a in archive],
+        evaluated=[[fmt(a), s] for a, s in scores.items()],
+        archive=[[fmt(a), scores[a]] for a in archive],
     )
     if winner is not None:
-        state["winner"] = {"arch": arch_to_str(winner), "score": scores[winner], "tie_group": [arch_to_str(a) for a in group]}
+        state["winner"] = {"arch": fmt(winner), "score": scores[winner], "tie_group": [fmt(a) for a in group]}
     common.atomic_write_json(state, out)
 
 
-def load_previous(out: str, settings: dict, ident: dict) -> dict:
+def load_previous(out: str, settings: dict, ident: dict, space) -> dict:
     """The angles an interrupted search already computed, after checking it is the same search."""
     if not os.path.isfile(out):
         raise UsageError(f"nothing to resume: {out} does not exist; drop --resume")
@@ -421,7 +471,7 @@ def load_previous(out: str, settings: dict, ident: dict) -> dict:
             raise UsageError(f"{out} belongs to another checkpoint; use --out FILE or --force to start over")
         if prev.get("settings") != settings:
             raise UsageError(f"{out} was made with other settings {prev.get('settings')}; use the same flags or --force")
-        return {str_to_arch(a): float(s) for a, s in prev["evaluated"]}
+        return {space.parse(a): float(s) for a, s in prev["evaluated"]}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise UsageError(f"{out} is not a readable search.json ({type(err).__name__}); use --force to start over") from None
 

@@ -334,6 +334,120 @@ def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:
 
 
 # ==============================================================================================
+# ===== Search-space interface: what train.py, search.py and retrain.py need from a space =====
+# ==============================================================================================
+# The three stage scripts know no space. They look one up in SPACES by name (--space for train.py and
+# retrain.py, the checkpoint's supernet_args["space"] for search.py) and call only these methods.
+# Inside the code an architecture is a tuple of ints (one gene per decision); strings only cross
+# boundaries (CLI, logs, JSON), through parse() and format().
+#
+#   name                                  "nb201", "darts", "mobilenet"
+#   net_args(args, num_classes) -> dict   the plain dict that fully describes a supernet, stored in checkpoints as
+#                                         "supernet_args": always "space" and "num_classes", plus what the space
+#                                         needs (channels, layers, variant, image_size). Plain types only.
+#   supernet(net_args) -> nn.Module       the weight-sharing supernet; model(x, path) runs only the sampled path;
+#                                         model.args == net_args
+#   sample_path(gen, net_args, shared)    one training step's path, drawn ONLY from `gen` (same seed on every DDP
+#                                         rank -> same path); whatever model(x, path) accepts. `shared` is NB201's
+#                                         --sampling shared; the other spaces ignore it
+#   gene_choices(net_args)                allowed values per gene: list[list[int]] (evolution's initial population)
+#   mutation_choices(net_args)            values a mutation may draw per gene (SPEC 5)
+#   repair(arch) -> arch                  identity where the space needs none; deterministic given the arch
+#   parse(text) -> arch                   ValueError with a one-line message naming what is wrong
+#   format(arch) -> str                   the string users see
+#   tie_key(arch)                         how search.py orders archs whose fitness ties (evolution.rank)
+#   scorer(w0, wt, net_args)              object with .angles(list of archs) -> 1-D array (angle.py)
+#   flops                                 None where the space has no FLOPs count, else a method
+#                                         flops(arch, net_args) -> multiply-adds of the candidate at the input size
+#   params(arch, net_args) -> int         parameters of the stand-alone network (search.py --fitness params)
+#   all_archs(net_args)                   every architecture (search.py --exhaustive), or None if too many
+#   network(arch, net_args, **opts)       the stand-alone network retrain.py trains; model(x) -> logits
+#   retrain_args(args, num_classes)       net_args of that network from retrain.py's flags
+#   input_size(net_args) -> int           the image side the FLOPs are counted at
+#   ckpt_keys                             the keys a valid supernet_args must have (search.py checks them)
+
+
+def count_flops(model: nn.Module, input_size: int) -> int:
+    """Multiply-adds of one forward pass of `model` on a 1x3xSxS input, counted by torch.utils.flop_counter.
+
+    flop_counter counts 2 FLOPs per multiply-add of the convolutions and linear layers (pooling, BN, ReLU and adds
+    count 0), so the result is halved. Built and run on the meta device by the caller, this costs no memory or math.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def count_all_params(model: nn.Module, skip_prefix: str | None = None) -> int:
+    """Parameters of a module, optionally leaving out one sub-tree (e.g. the auxiliary head)."""
+    return sum(p.numel() for n, p in model.named_parameters() if skip_prefix is None or not n.startswith(skip_prefix))
+
+
+# ===== NB201 space (SPEC 2.1) ==================================================================
+class NB201Space:
+    """The NAS-Bench-201 space through the shared interface: a thin wrapper around the code above."""
+
+    name = "nb201"
+    ckpt_keys = ("space", "channels", "layers", "num_classes")
+    flops = None  # no FLOPs count: search.py --max-flops refuses this space with one line
+
+    def net_args(self, args, num_classes: int) -> dict:
+        return dict(space="nb201", channels=args.channels, layers=args.layers, num_classes=num_classes)
+
+    def supernet(self, net_args: dict) -> nn.Module:
+        return Supernet(net_args["channels"], net_args["layers"], net_args["num_classes"])
+
+    def sample_path(self, gen: torch.Generator, net_args: dict, shared: bool = False):
+        return sample_path(gen, 3 * net_args["layers"], share=shared)  # 3N searchable cells
+
+    def gene_choices(self, net_args: dict) -> list[list[int]]:
+        return [list(range(len(OPS)))] * len(EDGES)
+
+    def mutation_choices(self, net_args: dict) -> list[list[int]]:
+        return [list(range(1, len(OPS)))] * len(EDGES)  # never mutate into 'none' (SPEC 5)
+
+    def repair(self, arch: tuple) -> tuple:
+        return tuple(arch)
+
+    def parse(self, text: str) -> Arch:
+        return str_to_arch(text)
+
+    def format(self, arch: tuple) -> str:
+        return arch_to_str(arch)
+
+    def tie_key(self, arch: tuple):
+        # RLNAS: ties are real. A skip on a path whose other edges are skips adds no weights, exactly like 'none',
+        # so such cells share one angle. Documented rule: prefer fewer 'none' edges (keep the connection), then the
+        # smaller op-index tuple; deterministic and independent of evaluation order.
+        return (sum(o == 0 for o in arch), tuple(arch))
+
+    def scorer(self, w0: dict, wt: dict, net_args: dict):
+        from angle import AngleScorer  # angle.py imports this module: import at call time
+
+        return AngleScorer(w0, wt, net_args)
+
+    def params(self, arch: tuple, net_args: dict) -> int:
+        return count_params(arch, net_args["channels"], net_args["layers"], net_args["num_classes"])
+
+    def all_archs(self, net_args: dict):
+        return all_archs()
+
+    def retrain_args(self, args, num_classes: int) -> dict:
+        return dict(space="nb201", channels=args.channels, layers=args.layers, num_classes=num_classes)
+
+    def network(self, arch: tuple, net_args: dict, **opts) -> nn.Module:
+        return Subnet(arch, net_args["channels"], net_args["layers"], net_args["num_classes"])
+
+    def input_size(self, net_args: dict) -> int:
+        return net_args.get("image_size", 32)
+
+
 # ===== MobileNet space (SPEC 2.4) =====
 # The ProxylessNAS-GPU-like space of the paper's Table 5: a fixed stem, 21 searchable MobileNetV2
 # blocks (kernel 3/5/7 x expansion 3/6, or identity where the shape allows it) and a fixed head.
@@ -668,9 +782,26 @@ class MobileNetSpace:
     def params(self, arch: tuple, net_args: dict) -> int:
         return mb_params(arch, net_args.get("width", 1.0), net_args["num_classes"])
 
+    def all_archs(self, net_args: dict):
+        return None  # 6^6 * 7^15 = 2.2e17 architectures: no exhaustive search
+
+    def retrain_args(self, args, num_classes: int) -> dict:
+        # the stand-alone network: width, the image side its FLOPs are counted at, and the classifier's dropout
+        return dict(
+            space="mobilenet",
+            num_classes=int(num_classes),
+            width=float(getattr(args, "width", None) or 1.0),
+            image_size=int(getattr(args, "image_size", None) or 224),
+            dropout=float(0.2 if getattr(args, "dropout", None) is None else args.dropout),
+        )
+
     def network(self, arch: tuple, net_args: dict, **opts) -> nn.Module:
-        dropout = opts.get("dropout", 0.2)  # SPEC 6: Dropout(0.2) before the classifier
-        return MobileNetSubnet(arch, net_args["num_classes"], net_args.get("width", 1.0), 0.2 if dropout is None else dropout)
+        # SPEC 6: Dropout(0.2) before the classifier; identity blocks removed. (`aux` is DARTS's: ignored here.)
+        return MobileNetSubnet(arch, net_args["num_classes"], net_args.get("width", 1.0), net_args.get("dropout", 0.2))
 
     def input_size(self, net_args: dict) -> int:
         return net_args.get("image_size", 224)
+
+
+# ===== The registry ===========================================================================
+SPACES = {"nb201": NB201Space(), "mobilenet": MobileNetSpace()}

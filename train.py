@@ -47,24 +47,58 @@ from data import (
     split_indices,
     subset_indices,
 )
-from supernet import Supernet, all_archs, sample_path, str_to_arch
+from supernet import SPACES, all_archs, str_to_arch
 
 # ----------------------------------------------------------------------------------------------
-# Config: one flag per line; the defaults are the paper's NB201 settings (SPEC 3).
+# The paper's settings per (space, network variant), SPEC 3. Every flag below whose default is None takes its
+# value from here; config.json and the checkpoint record the filled values.
+RECIPES = {
+    # NB201: SGD Nesterov, wd 5e-4 on everything, cosine per epoch 0.025 -> 0.001, no clipping
+    ("nb201", "cifar"): dict(
+        channels=16, layers=5, epochs=250, batch_size=64, lr=0.025, lr_min=0.001, lr_schedule="cosine", momentum=0.9,
+        nesterov=True, wd=5e-4, wd_on="all", grad_clip=0.0, clip_mode="norm", label_smoothing=0.0, sampling="per-cell",
+    ),
+    # DARTS CIFAR-10: C=16, 8 cells; SGD (no Nesterov) wd 3e-4 on everything, cosine 0.025 -> 0.001, grad-norm clip 5
+    ("darts", "cifar"): dict(
+        channels=16, layers=8, epochs=250, batch_size=64, lr=0.025, lr_min=0.001, lr_schedule="cosine", momentum=0.9,
+        nesterov=False, wd=3e-4, wd_on="all", grad_clip=5.0, clip_mode="norm", label_smoothing=0.0,
+    ),
+    # DARTS ImageNet: C=48, 14 cells; batch 512 = 64 per GPU x 8; lr 0.1 linear per iteration down to 5e-4; label
+    # smoothing 0.1 on the random labels; wd 4e-5 on conv weights only (not the FC); clip each gradient value at 5
+    ("darts", "imagenet"): dict(
+        channels=48, layers=14, epochs=50, batch_size=64, lr=0.1, lr_min=5e-4, lr_schedule="linear", momentum=0.9,
+        nesterov=False, wd=4e-5, wd_on="conv", grad_clip=5.0, clip_mode="value", label_smoothing=0.1,
+    ),
+}  # fmt: skip
+
+# ----------------------------------------------------------------------------------------------
+# Config: one flag per line; a default of None means "the recipe's value" (RECIPES above).
 p = common.Parser(description="Train an RLNAS supernet on random labels (stage 1).")
-p.add_argument("--space", default="nb201", choices=["nb201"], help="search space (default nb201)")
-p.add_argument("--channels", type=common.number(int), default=16, help="C, channels of the first stage (16)")
-p.add_argument("--layers", type=common.number(int), default=5, help="N, searchable cells per stage (5)")
+p.add_argument("--space", default="nb201", choices=list(SPACES), help="search space (default nb201)")
+p.add_argument(
+    "--variant",
+    default=None,
+    choices=["cifar", "imagenet"],
+    help="network variant of the space: cifar (32x32 stem) or imagenet (the ImageNet stems); default: imagenet for "
+    "--dataset imagenet, else cifar",
+)
+p.add_argument("--channels", type=common.number(int), default=None, help="C, channels of the first stage (NB201 16)")
+p.add_argument(
+    "--layers", type=common.number(int), default=None, help="NB201: N cells per stage (5); DARTS: cells in all (8 or 14)"
+)
 p.add_argument(
     "--sampling",
-    default="per-cell",
+    default=None,
     choices=["per-cell", "shared"],
-    help="per-cell: each cell samples its own sub-cell, as the official code (default); shared: one genotype for all cells",
+    help="NB201 only. per-cell: each cell samples its own sub-cell, as the official code (default); shared: one "
+    "genotype for all cells",
 )
 # data
 p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="training data (default cifar10)")
 p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
-p.add_argument("--image-size", type=common.number(int), default=None, help="image side for folder/fake data (default 32)")
+p.add_argument(
+    "--image-size", type=common.number(int), default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
+)
 p.add_argument(
     "--split",
     default="auto",
@@ -102,17 +136,34 @@ p.add_argument("--label-seed", type=int, default=0, help="seed of the random-lab
 p.add_argument(
     "--label-classes", type=common.number(int, 0), default=0, help="K for random labels (0 = the dataset's class count)"
 )
-# optimisation (SPEC 3, NB201 column)
-p.add_argument("--epochs", type=common.number(int), default=250, help="training epochs (250)")
-p.add_argument("--batch-size", type=common.number(int), default=64, help="batch size per process (64)")
-p.add_argument("--lr", type=common.number(float, 0), default=0.025, help="initial learning rate (0.025)")
+# optimisation (SPEC 3; the values in brackets are NB201's, RECIPES has the others)
+p.add_argument("--epochs", type=common.number(int), default=None, help="training epochs (250)")
+p.add_argument("--batch-size", type=common.number(int), default=None, help="batch size per process (64)")
+p.add_argument("--lr", type=common.number(float, 0), default=None, help="initial learning rate (0.025)")
+p.add_argument("--lr-min", type=common.number(float, 0), default=None, help="final learning rate (0.001)")
 p.add_argument(
-    "--lr-min", type=common.number(float, 0), default=0.001, help="final learning rate of the cosine schedule (0.001)"
+    "--lr-schedule",
+    default=None,
+    choices=["cosine", "linear"],
+    help="cosine: per epoch, lr -> lr-min (NB201, DARTS-CIFAR); linear: per iteration, reaching lr-min at the last "
+    "step (ImageNet supernets)",
 )
-p.add_argument("--momentum", type=common.number(float, 0), default=0.9, help="SGD momentum (0.9)")
-p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum (on)")
-p.add_argument("--wd", type=common.number(float, 0), default=5e-4, help="weight decay on all parameters (5e-4)")
-p.add_argument("--grad-clip", type=common.number(float, 0), default=0.0, help="clip the gradient norm (0 = off, as NB201)")
+p.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum (0.9)")
+p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum (on for NB201)")
+p.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay (5e-4)")
+p.add_argument(
+    "--wd-on",
+    default=None,
+    choices=list(common.WD_ON),
+    help="which parameters get weight decay: all (NB201, DARTS-CIFAR), conv (4-D conv weights: DARTS-ImageNet), conv+fc",
+)
+p.add_argument("--grad-clip", type=common.number(float, 0), default=None, help="gradient clipping threshold (0 = off, NB201)")
+p.add_argument(
+    "--clip-mode", default=None, choices=["norm", "value"], help="clip the global gradient norm, or each value (ImageNet)"
+)
+p.add_argument(
+    "--label-smoothing", type=common.number(float, 0), default=None, help="label smoothing of the CE loss (0; ImageNet 0.1)"
+)
 p.add_argument(
     "--unsampled",
     default="decay",
@@ -175,24 +226,53 @@ RUN_FLAGS = {
 # (--workers is not among them: with workers the crops come from per-worker RNG streams, so it is part of the run)
 
 
-def lr_at(epoch: int, args) -> float:
+def fill_recipe(args) -> None:
+    """Fill every flag left at None from the (space, variant) recipe (SPEC 3)."""
+    variants = [v for s, v in RECIPES if s == args.space]
+    if args.variant is None:
+        args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
+    if (args.space, args.variant) not in RECIPES:
+        raise UsageError(f"--space {args.space} has no {args.variant} network; use --variant {' or '.join(variants)}")
+    if args.space != "nb201" and args.sampling is not None:
+        raise UsageError(f"--sampling applies to --space nb201 only; {args.space} samples one genotype per cell type")
+    for key, value in RECIPES[args.space, args.variant].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def lr_at(epoch: int, args, step: int = 0, total_steps: int = 1) -> float:
+    if args.lr_schedule == "linear":
+        # linear per iteration (SPEC 3, ImageNet spaces): lr at the first step, lr_min at the last one, held there
+        frac = min(1.0, step / max(1, total_steps - 1))
+        return max(args.lr_min, args.lr - (args.lr - args.lr_min) * frac)
     # cosine annealing per epoch, no warm-up (SPEC 3): lr_e = lr_min + (lr - lr_min) * (1 + cos(pi * e / E)) / 2
     return args.lr_min + (args.lr - args.lr_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
 
 
-def train_step(model, optimizer, x, y, path, unsampled: str = "decay", grad_clip: float = 0.0, amp: bool = False):
+def train_step(
+    model,
+    optimizer,
+    x,
+    y,
+    path,
+    unsampled: str = "decay",
+    grad_clip: float = 0.0,
+    amp: bool = False,
+    clip_mode: str = "norm",
+    label_smoothing: float = 0.0,
+):
     """One SPOS step on one sampled path; returns (loss, logits (B, K))."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):  # --amp: bf16 forward, fp32 weights
         logits = model(x, path)  # (B, K): only the ops on `path` run, so only they get a gradient
-        loss = F.cross_entropy(logits.float(), y)
+        # ImageNet spaces: label smoothing 0.1 even on the random labels (SPEC 3, pitfall 10)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     # What happens to ops off the path is a choice that changes Wt, hence the angle:
     # decay (official): zero_grad(set_to_none=False) keeps the zero gradient tensors of ops sampled earlier, so SGD
     #   still applies weight decay and momentum to them. PyTorch 1.4, which produced the paper's numbers, did this.
     # frozen: their gradients are None and SGD skips them entirely; an op changes only on steps that sample it.
     optimizer.zero_grad(set_to_none=unsampled == "frozen")
     loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([q for g in optimizer.param_groups for q in g["params"]], grad_clip)
+    common.clip_gradients(optimizer, clip_mode, grad_clip)  # by norm (DARTS-CIFAR) or by value (ImageNet spaces)
     optimizer.step()
     return loss, logits
 
@@ -241,8 +321,12 @@ def main():
                     "drop the flag or start a new run with --out"
                 )
             setattr(args, key, saved)
+    fill_recipe(args)  # after the resume merge: a resumed run keeps its own values
+    space = SPACES[args.space]
 
     bench, tau_column = None, None
+    if args.track_tau and args.space != "nb201":
+        raise UsageError("--track-tau needs the NB201 benchmark: use it with --space nb201")
     if args.track_tau:  # read the benchmark before anything runs: a bad file fails in one line, at once
         bench = load_benchmark(args.track_tau, str_to_arch)
         tau_column = args.dataset if args.dataset in bench.acc else next(iter(bench.acc))
@@ -296,7 +380,10 @@ def main():
     # ------------------------------------------------------------------------------------------
     # Model, W0, optimizer. The only global seeding call: the weight init (PyTorch defaults, pitfall 2).
     torch.manual_seed(args.seed)
-    raw_model = Supernet(args.channels, args.layers, num_classes).to(d.device)
+    if args.image_size is None:  # the side the network (and its FLOPs count) is built for
+        args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
+    net_args = space.net_args(args, num_classes)
+    raw_model = space.supernet(net_args).to(d.device)
     fmt = common.memory_format(args.memory_format, d.device)
     acc_dtype = torch.float32 if d.device.type == "mps" else torch.float64  # running loss/accuracy sums (no fp64 on MPS)
     raw_model = raw_model.to(memory_format=fmt)
@@ -309,13 +396,8 @@ def main():
         # leaves those gradients untouched (None stays None, zeros stay zeros) like a single process would.
         # DDP also broadcasts rank 0's initial weights, so W0 is the same on every rank.
         model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None, find_unused_parameters=True)
-    optimizer = torch.optim.SGD(
-        raw_model.parameters(),
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=args.nesterov and args.momentum > 0,
-        weight_decay=args.wd,
-    )
+    # weight decay on every parameter (NB201, DARTS-CIFAR) or on conv weights only (ImageNet spaces), SPEC 3
+    optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
     path_gen = torch.Generator().manual_seed(args.seed)  # Rule A: same seed on every rank -> same paths
     start_epoch, start_batch, step = 0, 0, 0
     if ckpt is None:
@@ -368,10 +450,9 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # Training loop.
-    num_cells = len(raw_model.searchable)
     params = sum(q.numel() for q in raw_model.parameters())
     print0(
-        f"{args.space} supernet C={args.channels} N={args.layers} K={num_classes} | {params:,} parameters | "
+        f"{args.space} supernet {net_args} | {params:,} parameters | "
         f"{len(train_set):,} images, {args.labels} labels | {args.epochs} epochs | {d.device} x{d.world_size}"
     )
 
@@ -433,14 +514,21 @@ def main():
         skip = 0
         if epoch == start_epoch and start_batch:  # resuming inside this epoch: its first batches are done
             skip, totals = start_batch, ckpt["totals"][d.rank].to(d.device, acc_dtype)
+        steps_per_epoch = len(loader)
         for i, (x, y) in enumerate(loader):
             if i < skip:
                 continue  # drawn (same order, same crops) but already trained on before the interruption
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
             x = x.contiguous(memory_format=fmt)
+            if args.lr_schedule == "linear":  # per-iteration schedule (ImageNet spaces)
+                lr = lr_at(epoch, args, epoch * steps_per_epoch + i, args.epochs * steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             # RLNAS: SPOS step. One path per step, the same on every rank (sampled here, not inside forward).
-            path = sample_path(path_gen, num_cells, share=args.sampling == "shared")
-            loss, logits = train_step(model, optimizer, x, y, path, args.unsampled, args.grad_clip, args.amp)
+            path = space.sample_path(path_gen, net_args, shared=args.sampling == "shared")
+            loss, logits = train_step(
+                model, optimizer, x, y, path, args.unsampled, args.grad_clip, args.amp, args.clip_mode, args.label_smoothing
+            )
             # running sums stay on the device: no host synchronisation per step
             totals[0] += loss.detach().to(acc_dtype) * len(y)
             totals[1] += (logits.argmax(1) == y).sum()
