@@ -42,6 +42,9 @@ from supernet import SPACES, arch_to_str, str_to_arch
 RECIPES = {
     "nb201": dict(population=100, topk=30, mutations=50, crossovers=50, mutation_prob=0.1, generations=20),
     "darts": dict(population=50, topk=10, mutations=25, crossovers=25, mutation_prob=0.1, generations=20),
+    # MobileNet: the SPOS settings, p=0.1 per block over the block's own list, and FLOPs <= 475M (the official lookup
+    # table; here multiply-adds at the supernet's image size, so 475 binds at 224 px and is moot at 32/64 px)
+    "mobilenet": dict(population=50, topk=10, mutations=25, crossovers=25, mutation_prob=0.1, generations=20, max_flops=475.0),
 }
 
 # Config
@@ -74,7 +77,7 @@ p.add_argument(
     type=common.number(float, 0),
     default=None,
     help="only architectures with at most M million multiply-adds at the supernet's input size (checked before "
-    "scoring; SPEC 5: 600 for DARTS-ImageNet)",
+    "scoring; SPEC 5: 600 for DARTS-ImageNet; default 475 for MobileNet)",
 )
 p.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
 p.add_argument("--benchmark", default=None, help="NAS-Bench-201 CSV (ArchitectureString + accuracy columns) to report against")
@@ -244,6 +247,12 @@ def main():
         if args.exhaustive:
             raise UsageError("--max-flops applies to the evolution, not to --exhaustive")
         limit = args.max_flops * 1e6
+        cheapest = space.min_flops(net_args) if hasattr(space, "min_flops") else 0
+        if cheapest > limit:
+            raise UsageError(
+                f"--max-flops {args.max_flops:g}: even the cheapest {space.name} architecture needs {cheapest / 1e6:.3f}M "
+                f"multiply-adds at {net_args.get('image_size')} px; raise --max-flops"
+            )
 
         def constraint(arch) -> bool:
             # RLNAS: the FLOPs filter runs BEFORE the angle (SPEC 5, pitfall 8); evolve() calls it on every candidate

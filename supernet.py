@@ -359,6 +359,8 @@ def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:
 #   scorer(w0, wt, net_args)              object with .angles(list of archs) -> 1-D array (angle.py)
 #   flops                                 None where the space has no FLOPs count, else a method
 #                                         flops(arch, net_args) -> multiply-adds of the candidate at the input size
+#   min_flops(net_args) (optional)        multiply-adds of the cheapest architecture: search.py refuses a lower
+#                                         --max-flops at once instead of drawing candidates in vain
 #   params(arch, net_args) -> int         parameters of the stand-alone network (search.py --fitness params)
 #   all_archs(net_args)                   every architecture (search.py --exhaustive), or None if too many
 #   network(arch, net_args, **opts)       the stand-alone network retrain.py trains; model(x) -> logits
@@ -659,26 +661,25 @@ class MobileNetSubnet(_MobileNetBase):
 # "FLOPs" in the paper's Table 5 are multiply-adds: one per weight use in a conv or linear layer
 # (BN, ReLU6, pooling and the residual add are not counted). A candidate's count is the fixed stem +
 # expansion-1 block + final 1x1 conv + classifier, plus its 21 chosen blocks; identity costs 0. The
-# table is measured once from the real modules (on the meta device: shapes only, no memory, no math).
-def mb_madds(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """Exact multiply-adds of the Conv2d/Linear layers of `module` for ONE image x (1, C, H, W); returns (madds, output)."""
+# table is counted once from the real modules (built on the meta device: shapes only, no memory) by
+# shape arithmetic, which takes milliseconds; tests/test_mobilenet.py checks it against
+# torch.utils.flop_counter run on whole assembled networks.
+def mb_madds(module: nn.Module, size: int) -> tuple[int, int]:
+    """Exact multiply-adds of the Conv2d/Linear layers of `module` for one size x size input; returns (madds, out size).
+
+    The layers are taken in registration order and assumed to run one after the other, which holds for the
+    stem, MBConv (expand -> dw -> project) and the head; a Linear comes after global pooling.
+    """
     total = 0
-
-    def count(m, inputs, out):
-        nonlocal total
+    for m in module.modules():
         if isinstance(m, nn.Conv2d):
+            (k, _), (s, _), (pad, _) = m.kernel_size, m.stride, m.padding
+            size = (size + 2 * pad - k) // s + 1  # output side H' (dilation 1)
             # every output element (C_out x H' x W') sums C_in/groups x k x k products
-            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        else:
-            total += m.in_features * m.out_features * (out.numel() // m.out_features)
-
-    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        out = module(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return total, out
+            total += m.out_channels * size * size * (m.in_channels // m.groups) * k * k
+        elif isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
+    return total, size
 
 
 MBTable = tuple[int, tuple[dict[int, int], ...]]  # (fixed part, per block {choice: count})
@@ -693,26 +694,24 @@ def mb_cost_table(image_size: int = 224, width: float = 1.0, num_classes: int = 
     """
     key = (int(image_size), float(width), int(num_classes))
     if key not in _MB_TABLES:
-        # The modules are built on the meta device (shapes only) and left at PyTorch's default init: values do not matter.
-        with torch.device("meta"):
-            base = _MobileNetBase(num_classes, width).eval()  # eval: BN accepts a single 1x1 value
-            blocks = [MBChoiceBlock(i, o, s, MB_CHOICES[b]).eval() for b, (i, o, s) in enumerate(mb_blocks(width))]
+        with torch.device("meta"):  # shapes only: PyTorch's default init on meta tensors costs nothing
+            base = _MobileNetBase(num_classes, width)
+            blocks = [MBChoiceBlock(i, o, s, MB_CHOICES[b]) for b, (i, o, s) in enumerate(mb_blocks(width))]
 
-        def size(*modules):
+        def size_of(*modules):
             return sum(p.numel() for m in modules for p in m.parameters())
 
-        x = torch.empty(1, 3, image_size, image_size, device="meta")  # (1, 3, H, W)
-        fixed, x = mb_madds(nn.Sequential(base.stem, base.first), x)  # x: (1, 24, H/2, W/2)
+        fixed, side = mb_madds(nn.Sequential(base.stem, base.first), image_size)  # side: H/2
         madds, params = [], []
         for block in blocks:
             madds.append({MB_IDENTITY: 0} if MB_IDENTITY in block.choices else {})  # identity: no weights, no work
             params.append(dict(madds[-1]))
             for c, op in enumerate(block.ops):
-                madds[-1][c], y = mb_madds(op, x)  # every choice maps x to the same shape
-                params[-1][c] = size(op)
-            x = y  # (1, oup, H', W')
-        head, _ = mb_madds(nn.Sequential(base.head, base.pool, nn.Flatten(), base.classifier), x)
-        _MB_TABLES[key] = dict(madds=(fixed + head, tuple(madds)), params=(size(base), tuple(params)))
+                madds[-1][c], out = mb_madds(op, side)  # every choice maps the input to the same side
+                params[-1][c] = size_of(op)
+            side = out
+        head, _ = mb_madds(nn.Sequential(base.head, base.classifier), side)  # 1x1 conv on side x side, FC after pooling
+        _MB_TABLES[key] = dict(madds=(fixed + head, tuple(madds)), params=(size_of(base), tuple(params)))
     return _MB_TABLES[key]
 
 
@@ -778,6 +777,13 @@ class MobileNetSpace:
 
     def flops(self, arch: tuple, net_args: dict) -> int:
         return mb_flops(arch, net_args.get("image_size", 224), net_args.get("width", 1.0), net_args["num_classes"])
+
+    def min_flops(self, net_args: dict) -> int:
+        """Multiply-adds of the cheapest architecture (the cheapest choice in every block): search.py's early check."""
+        fixed, rows = mb_cost_table(net_args.get("image_size", 224), net_args.get("width", 1.0), net_args["num_classes"])[
+            "madds"
+        ]
+        return fixed + sum(min(row.values()) for row in rows)
 
     def params(self, arch: tuple, net_args: dict) -> int:
         return mb_params(arch, net_args.get("width", 1.0), net_args["num_classes"])

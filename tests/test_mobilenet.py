@@ -147,7 +147,7 @@ def test_weight_vector_contents(tiny):
 
 
 def test_flops_table_equals_direct_count():
-    for size in (16, 32):
+    for size in (16, 33):  # 33: odd sides exercise the floor in every strided conv
         for arch in random_archs(3, seed=size) + [S.MB_OFFICIAL]:
             net = S.MobileNetSubnet(arch, K, WIDTH)
             assert S.mb_flops(arch, size, WIDTH, K) == direct_madds(net, size), (size, arch)
