@@ -1,6 +1,8 @@
 """MobileNet space (SPEC 2.4, 4.4, 5, 7.3, 7.4): supernet, model_id, sampling, angle, FLOPs table, Table 5 sizes."""
 
+import json
 import math
+import os
 from collections import Counter
 
 import numpy as np
@@ -180,3 +182,70 @@ def test_space_interface():
     assert space.flops(arch, ARGS) == S.mb_flops(arch, 16, WIDTH, K)
     assert space.network(arch, ARGS).dropout.p == 0.2 and space.network(arch, {**ARGS, "dropout": 0.5}).dropout.p == 0.5
     assert S.SPACES["mobilenet"] is not None and space.all_archs(ARGS) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Smoke tests of the real scripts: train -> search (FLOPs limit) -> retrain, tiny MobileNet on fake 32x32 images.
+TINY_MB = f"--space mobilenet --width {WIDTH} --dataset fake --fake-images 64 --image-size 32 --batch-size 32 --workers 0"
+FAST_SEARCH = "--population 12 --topk 4 --mutations 6 --crossovers 6 --generations 3".split()
+
+
+@pytest.fixture(scope="module")
+def mb_run(tmp_path_factory):
+    from test_scripts import run
+
+    out = tmp_path_factory.mktemp("mb") / "sn"
+    res = run("train.py", *TINY_MB.split(), "--epochs", 1, "--log-every", 1, "--out", out)
+    return out, res.stdout, run
+
+
+def test_train_search_retrain_scripts(mb_run):
+    out, stdout, run = mb_run
+    assert "mobilenet supernet" in stdout and "ETA" in stdout
+    config = json.load(open(out / "config.json"))
+    # SPEC 3 recipe filled in: linear per-iteration lr 0.25 -> 5e-4, label smoothing, conv+fc wd, clip by value
+    assert (config["lr"], config["lr_min"], config["lr_schedule"], config["epochs"]) == (0.25, 5e-4, "linear", 1)
+    assert (config["wd"], config["wd_on"], config["clip_mode"], config["label_smoothing"]) == (4e-5, "conv+fc", "value", 0.1)
+    net_args = torch.load(out / "supernet.pt", weights_only=True)["supernet_args"]
+    assert net_args == dict(space="mobilenet", num_classes=10, width=WIDTH, image_size=32)
+
+    # search with a FLOPs limit between the cheapest and the dearest architecture: nothing above it is ever scored
+    limit = 0.4  # M multiply-adds at 32 px: the tiny space spans 0.11M .. 0.87M, the median random draw is 0.44M
+    res = run("search.py", "--ckpt", out / "supernet.pt", *FAST_SEARCH, "--max-flops", limit, "--out", out / "s.json")
+    found = json.load(open(out / "s.json"))
+    assert found["settings"]["max_flops"] == limit and len(found["evaluated"]) == 36
+    flops = [S.mb_flops(S.mb_parse(a), 32, WIDTH, 10) for a, _ in found["evaluated"]]
+    assert max(flops) <= limit * 1e6 < S.mb_flops((5,) * 21, 32, WIDTH, 10)
+    assert S.mb_flops(S.mb_parse(found["winner"]["arch"]), 32, WIDTH, 10) <= limit * 1e6
+    assert "winner:" in res.stdout and "M multiply-adds" in res.stdout
+    import search  # the default (SPEC 5) settings: population 50, top-10, 25 + 25 children, 20 generations, 475M
+
+    assert search.RECIPES["mobilenet"] == dict(
+        population=50, topk=10, mutations=25, crossovers=25, mutation_prob=0.1, generations=20, max_flops=475.0
+    )
+
+    # retrain: --count-only, then one epoch of the winner
+    res = run("retrain.py", "--ckpt-search", out / "s.json", *TINY_MB.split(), "--count-only")
+    winner = S.mb_parse(found["winner"]["arch"])
+    assert f"{S.mb_params(winner, WIDTH, 10):,} parameters" in res.stdout
+    assert f"{S.mb_flops(winner, 32, WIDTH, 10) / 1e6:.1f}M multiply-adds" in res.stdout
+    assert not os.path.exists(out.parent / "rt")
+    res = run("retrain.py", "--ckpt-search", out / "s.json", *TINY_MB.split(), "--epochs", 1, "--out", out.parent / "rt")
+    log = [json.loads(line) for line in open(out.parent / "rt" / "log.jsonl")]
+    assert {"test_top1", "test_top5"} <= set(log[-1]) and "top-5" in res.stdout
+    ckpt = torch.load(out.parent / "rt" / "retrain.pt", weights_only=True)
+    assert ckpt["config"]["lr_schedule"] == "linear-iter" and ckpt["config"]["dropout"] == 0.2
+    assert ckpt["config"]["wd_on"] == "conv" and ckpt["config"]["clip_mode"] == "norm"
+
+
+def test_script_errors_are_one_line(mb_run):
+    out, _, run = mb_run
+    cases = [
+        ("search.py", "--ckpt", out / "supernet.pt", "--max-flops", 0.05, "--out", out / "x.json"),  # below the cheapest
+        ("retrain.py", "--arch", "2 0 -1", "--count-only"),  # a model_id of the wrong length
+        ("train.py", *TINY_MB.split(), "--channels", 8, "--out", out.parent / "bad"),  # NB201 flag on mobilenet
+    ]
+    for args, message in zip(cases, ["even the cheapest", "21 block choices, got 3", "scale it with --width"]):
+        res = run(*args, check=False)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, (args, res.stderr)
+    assert not os.path.exists(out / "x.json") and not os.path.exists(out.parent / "bad")
