@@ -14,6 +14,7 @@ arXiv:2101.11834, the evaluation step (SPEC.md 6; NAS-Bench-201's protocol, Dong
     python retrain.py --arch "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
     python retrain.py --arch "..." --dataset fake --epochs 1 --channels 4 --layers 1   # a smoke run
     python retrain.py --resume --out runs/<retrain-run>
+    python retrain.py --arch "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2" --count-only   # MobileNet model_id (Table 5)
     torchrun --standalone --nproc_per_node=4 retrain.py --ckpt-search runs/<run>/search.json
 """
 

@@ -15,6 +15,7 @@ Algorithm 1). Settings: SPEC.md 5 (NB201 column); ranking study: SPEC.md 7.5.
     python search.py --ckpt runs/<run>/supernet.pt --exhaustive            # rank all 15,625 cells
     python search.py --ckpt runs/<run>/supernet.pt --benchmark ../shared/data/nb201-accuracy.csv
     python search.py --ckpt runs/<run>/supernet.pt --resume                # continue an interrupted search
+    python search.py --ckpt runs/<mobilenet-run>/supernet.pt --max-flops 475   # MobileNet: SPEC 5, FLOPs table first
 
 The search is single-process and needs no GPU (SPEC 8, pitfall 13); there is no torchrun mode.
 """

@@ -14,6 +14,7 @@ ECCV 2020). Settings: SPEC.md 3 (NB201 column); sampling: SPEC.md 2.1; pitfalls 
     python train.py --dataset folder --data ~/data/cifar10 --subset 10000 --epochs 10   # a CPU recipe
     python train.py --dataset fake --epochs 1 --channels 4 --layers 1                   # a smoke run
     python train.py --resume --out runs/<run>                     # continue exactly where it stopped
+    python train.py --space mobilenet --width 0.125 --dataset fake --image-size 32 --epochs 1   # MobileNet smoke run
     torchrun --standalone --nproc_per_node=8 train.py --space nb201           # one node, 8 GPUs
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py ...
 """
