@@ -248,11 +248,10 @@ def main():
         if args.exhaustive:
             raise UsageError("--max-flops applies to the evolution, not to --exhaustive")
         limit = args.max_flops * 1e6
-        cheapest = space.min_flops(net_args) if hasattr(space, "min_flops") else 0
-        if cheapest > limit:
+        if hasattr(space, "min_flops") and space.min_flops(net_args) > limit:
             raise UsageError(
-                f"--max-flops {args.max_flops:g}: even the cheapest {space.name} architecture needs {cheapest / 1e6:.3f}M "
-                f"multiply-adds at {net_args.get('image_size')} px; raise --max-flops"
+                f"--max-flops {args.max_flops:g}: no {space.name} architecture is that small (the smallest has "
+                f"{space.min_flops(net_args) / 1e6:.3f}M multiply-adds at {space.input_size(net_args)}px); raise --max-flops"
             )
 
         def constraint(arch) -> bool:
