@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -195,7 +196,7 @@ def mb_run(tmp_path_factory):
     from test_scripts import run
 
     out = tmp_path_factory.mktemp("mb") / "sn"
-    res = run("train.py", *TINY_MB.split(), "--epochs", 1, "--log-every", 1, "--out", out)
+    res = run("train.py", *TINY_MB.split(), "--epochs", 2, "--keep-every", 1, "--log-every", 1, "--out", out)
     return out, res.stdout, run
 
 
@@ -204,7 +205,7 @@ def test_train_search_retrain_scripts(mb_run):
     assert "mobilenet supernet" in stdout and "ETA" in stdout
     config = json.load(open(out / "config.json"))
     # SPEC 3 recipe filled in: linear per-iteration lr 0.25 -> 5e-4, label smoothing, conv+fc wd, clip by value
-    assert (config["lr"], config["lr_min"], config["lr_schedule"], config["epochs"]) == (0.25, 5e-4, "linear", 1)
+    assert (config["lr"], config["lr_min"], config["lr_schedule"], config["epochs"]) == (0.25, 5e-4, "linear", 2)
     assert (config["wd"], config["wd_on"], config["clip_mode"], config["label_smoothing"]) == (4e-5, "conv+fc", "value", 0.1)
     net_args = torch.load(out / "supernet.pt", weights_only=True)["supernet_args"]
     assert net_args == dict(space="mobilenet", num_classes=10, width=WIDTH, image_size=32)
@@ -250,3 +251,21 @@ def test_script_errors_are_one_line(mb_run):
         res = run(*args, check=False)
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, (args, res.stderr)
     assert not os.path.exists(out / "x.json") and not os.path.exists(out.parent / "bad")
+
+
+def test_train_resume_is_exact(mb_run, tmp_path):
+    """Resuming from the epoch-1 snapshot ends bit-identical to the uninterrupted 2-epoch run (same paths, same W0)."""
+    from test_scripts import assert_same_weights_and_momentum, load
+
+    out, _, run = mb_run
+    copy = tmp_path / "resumed"
+    copy.mkdir()
+    for name in ("config.json", "supernet_init.pt"):
+        shutil.copy(out / name, copy / name)
+    shutil.copy(out / "supernet_ep1.pt", copy / "supernet.pt")
+    with open(out / "log.jsonl") as f:
+        (copy / "log.jsonl").write_text(f.readline())
+    run("train.py", "--resume", "--out", copy)
+    resumed, full = load(copy / "supernet.pt"), load(out / "supernet.pt")
+    assert resumed["epoch"] == full["epoch"] == 2 and resumed["rng"]["path"].equal(full["rng"]["path"])
+    assert_same_weights_and_momentum(resumed, full)
