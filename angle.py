@@ -38,7 +38,7 @@ import math
 import numpy as np
 import torch
 
-from supernet import EDGE_KEYS, OPS, Supernet, cell_layout
+from supernet import EDGE_KEYS, MB_IDENTITY, MB_OPS, OPS, Supernet, cell_layout, mb_blocks
 
 # RLNAS: the four input-to-output paths of the NB201 cell (SPEC 4.2), as gene (edge) indices.
 #   P1 = 0->3: edge 3<-0        P2 = 0->2->3: 2<-0, 3<-2
@@ -316,6 +316,78 @@ class DartsAngleScorer:
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = total[:, 0] / np.sqrt(total[:, 1] * total[:, 2])  # clamped: round-off can push it past 1
         return np.where(alive_any, np.arccos(np.clip(cos, -1.0, 1.0)), 0.0)
+
+    def angle(self, arch) -> float:
+        return float(self.angles([arch])[0])
+
+
+# ==============================================================================================
+# ===== MobileNet space (SPEC 2.4, 4.4) =====
+# V(a, W) for a model_id a (21 block choices), as the official test_server.py builds it:
+#   fixed part first: stem conv, the expansion-1 block's dw and pw convs, the final 1x1 conv, the
+#     classifier weight; NO BatchNorm parameters and NO classifier bias here (SPEC 4.5);
+#   then for block 0..20: a chosen MBConv contributes expand conv, BN1 gamma, beta, dw conv, BN2 gamma, beta,
+#     project conv (the projection BN3 is left out); identity contributes the constant eye(oup, inp), flattened.
+# Every block lies on the single input-to-output path, so (ABS Algorithm 1) each appears exactly once.
+# ==============================================================================================
+MB_FIXED = ("stem.0.weight", "first.dw_conv.weight", "first.project_conv.weight", "head.0.weight", "classifier.weight")
+MB_OP_PARTS = "expand_conv.weight bn1.weight bn1.bias dw_conv.weight bn2.weight bn2.bias project_conv.weight".split()
+
+
+def _mb_op_names(block: int, choice: int) -> list[str]:
+    # the candidate's parameters in the official order (conv[0], conv[1] w/b, conv[3], conv[4] w/b, conv[6])
+    return [f"blocks.{block}.ops.{choice}.{part}" for part in MB_OP_PARTS]
+
+
+def mb_weight_vector(state: dict, arch, args: dict) -> torch.Tensor:
+    """Reference: V(arch, W) as a float64 vector (P,), a literal transcription of the official loop (SPEC 4.4)."""
+    parts = [state[name] for name in MB_FIXED]
+    for b, ((inp, oup, _), c) in enumerate(zip(mb_blocks(args.get("width", 1.0)), arch)):
+        if c == MB_IDENTITY:
+            parts.append(torch.eye(oup, inp, dtype=torch.float64))  # ABS: identity as a constant weight matrix
+        else:
+            parts += [state[name] for name in _mb_op_names(b, c)]
+    return torch.cat([p.detach().double().flatten() for p in parts])  # (P,)
+
+
+def mb_angle_reference(w0: dict, wt: dict, arch, args: dict) -> float:
+    v0, vt = mb_weight_vector(w0, arch, args), mb_weight_vector(wt, arch, args)
+    # angle = arccos( <w0, wt> / (|w0| |wt|) ); clamp: round-off can push the cosine just past 1 (NaN in acos)
+    cos = torch.dot(v0, vt) / (v0.norm() * vt.norm())
+    return math.acos(max(-1.0, min(1.0, cos.item())))
+
+
+class MBAngleScorer:
+    """Angles of MobileNet model_ids from two supernet state_dicts, the fast way.
+
+    As for NB201: V is a concatenation of segments, so <V0,Vt>, |V0|^2 and |Vt|^2 are sums of per-segment
+    numbers. table[b, c+1] holds (dot, |w0|^2, |wt|^2) of block b's choice c (column 0 = identity: eye(C)
+    gives dot = n0 = nt = min(oup, inp)); an angle is the fixed part plus 21 table rows. Float64 throughout.
+
+    scorer = MBAngleScorer(w0_state, wt_state, supernet_args)
+    scorer.angles(archs)  # (M, 21) ints in -1..5 -> (M,) float64 radians
+    """
+
+    def __init__(self, w0: dict, wt: dict, args: dict):
+        def stats(names: list[str]) -> np.ndarray:
+            a = torch.cat([w0[n].detach().double().flatten() for n in names])  # (P_s,)
+            b = torch.cat([wt[n].detach().double().flatten() for n in names])  # (P_s,)
+            return np.array([torch.dot(a, b).item(), torch.dot(a, a).item(), torch.dot(b, b).item()])  # (3,)
+
+        self.fixed = stats(list(MB_FIXED))  # (3,) = dot, |w0|^2, |wt|^2
+        blocks = mb_blocks(args.get("width", 1.0))
+        self.table = np.zeros((len(blocks), len(MB_OPS) + 1, 3))  # (21, 7, 3): column c+1 = choice c
+        for b, (inp, oup, _) in enumerate(blocks):
+            self.table[b, 0] = min(inp, oup)  # eye(oup, inp): min(oup, inp) ones, identical in W0 and Wt
+            for c in range(len(MB_OPS)):
+                self.table[b, c + 1] = stats(_mb_op_names(b, c))
+
+    def angles(self, archs) -> np.ndarray:
+        a = np.asarray(archs, dtype=np.int64).reshape(-1, self.table.shape[0])  # (M, 21)
+        total = self.fixed + self.table[np.arange(a.shape[1]), a + 1].sum(axis=1)  # (M, 21, 3) -> (M, 3)
+        # angle = arccos( <w0, wt> / (|w0| |wt|) ), cosine clamped to [-1, 1]
+        cos = total[:, 0] / np.sqrt(total[:, 1] * total[:, 2])
+        return np.arccos(np.clip(cos, -1.0, 1.0))
 
     def angle(self, arch) -> float:
         return float(self.angles([arch])[0])

@@ -20,6 +20,7 @@ arXiv:2101.11834, the evaluation step (SPEC.md 6; NAS-Bench-201's protocol, Dong
     python retrain.py --ckpt-search runs/<darts run>/search.json --dataset imagenet --data /path/imagenet  # SPEC 6
     python retrain.py --ckpt-search runs/<darts run>/search.json --dataset imagenet --count-only  # params, FLOPs
     python retrain.py --resume --out runs/<retrain-run>
+    python retrain.py --arch "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2" --count-only   # MobileNet model_id (Table 5)
     torchrun --standalone --nproc_per_node=4 retrain.py --ckpt-search runs/<run>/search.json
 """
 
@@ -29,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import time
 
 import torch
@@ -66,6 +68,14 @@ RECIPES = {
         nesterov=False, wd=3e-5, wd_on="all", grad_clip=5.0, clip_mode="norm", label_smoothing=0.1, aux_weight=0.4,
         drop_path=0.0, cutout=0,
     ),
+    # RLNAS's MobileNet protocol (SPEC 6): 240 epochs, batch 1024 = 128 x 8 GPUs, lr 0.5 linear PER ITERATION to 0, no
+    # warm-up, wd 4e-5 on conv weights only (the FC sits behind Dropout(0.2) and is not matched), label smoothing 0.1,
+    # grad-norm clip 5; identity blocks removed
+    ("mobilenet", "imagenet"): dict(
+        width=1.0, dropout=0.2, epochs=240, batch_size=128, lr=0.5, lr_schedule="linear-iter", warmup_epochs=0,
+        momentum=0.9, nesterov=False, wd=4e-5, wd_on="conv", grad_clip=5.0, clip_mode="norm", label_smoothing=0.1,
+        aux_weight=0.0, drop_path=0.0, cutout=0,
+    ),
 }  # fmt: skip
 # class counts known without reading the data (--count-only); folder data is listed to find out
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet16-120": 120, "imagenet": 1000, "fake": 10}
@@ -73,7 +83,11 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet16-120": 120, "imagenet"
 # ----------------------------------------------------------------------------------------------
 # Config: a default of None means "the recipe's value" (RECIPES above; the brackets give NB201's).
 p = common.Parser(description="Retrain one searched architecture from scratch on the real labels (stage 3).")
-p.add_argument("--arch", default=None, help="architecture string, e.g. NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+p.add_argument(
+    "--arch",
+    default=None,
+    help="architecture string: NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or a MobileNet model_id '2 0 -1 2 ...'",
+)
 p.add_argument("--genotype", default=None, help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)")
 p.add_argument("--ckpt-search", default=None, help="search.json written by search.py: retrain its winner")
 p.add_argument(
@@ -88,6 +102,8 @@ p.add_argument(
 p.add_argument("--count-only", action="store_true", help="print the parameters and multiply-adds of the network and exit")
 p.add_argument("--channels", type=common.number(int), default=None, help="C (16; DARTS 36 CIFAR, 48 ImageNet)")
 p.add_argument("--layers", type=common.number(int), default=None, help="NB201: N cells per stage (5); DARTS: cells (20; 14)")
+p.add_argument("--width", type=common.number(float, 0.01), default=None, help="MobileNet: channel multiplier (1.0)")
+p.add_argument("--dropout", type=common.number(float, 0), default=None, help="MobileNet: dropout before the classifier (0.2)")
 p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset (default cifar10)")
 p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
 p.add_argument(
@@ -116,8 +132,9 @@ p.add_argument("--lr", type=common.number(float, 0), default=None, help="initial
 p.add_argument(
     "--lr-schedule",
     default=None,
-    choices=["cosine", "linear"],
-    help="cosine to 0 per epoch (NB201, DARTS-CIFAR) or linear per epoch after --warmup-epochs (ImageNet)",
+    choices=["cosine", "linear", "linear-iter"],
+    help="cosine to 0 per epoch (NB201, DARTS-CIFAR), linear per epoch after --warmup-epochs (DARTS-ImageNet) or "
+    "linear-iter: linear to 0 per iteration (MobileNet)",
 )
 p.add_argument("--warmup-epochs", type=common.number(int, 0), default=None, help="linear warm-up epochs (0; ImageNet 5)")
 p.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum (0.9)")
@@ -156,6 +173,8 @@ def resolve_arch(args):
             "give exactly one of --arch STRING, --genotype 'Genotype(...)' or --ckpt-search runs/<run>/search.json"
         )
     text, space = args.arch or args.genotype, args.space or ("darts" if args.genotype is not None else None)
+    if space is None and args.arch is not None and re.fullmatch(r"[\s\d,\-\[\]()]+", args.arch):
+        space = "mobilenet"  # only integers: a MobileNet model_id
     if args.ckpt_search is not None:
         try:
             with open(args.ckpt_search) as f:
@@ -186,8 +205,12 @@ def fill_recipe(args) -> None:
         args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
     if (args.space, args.variant) not in RECIPES:
         raise UsageError(f"--space {args.space} has no {args.variant} network; use --variant {' or '.join(variants)}")
-    if args.space == "nb201" and any(getattr(args, k) for k in ("aux_weight", "drop_path", "cutout")):
-        raise UsageError("--aux-weight, --drop-path and --cutout belong to the DARTS protocol, not to --space nb201")
+    if args.space != "darts" and any(getattr(args, k) for k in ("aux_weight", "drop_path", "cutout")):
+        raise UsageError(f"--aux-weight, --drop-path and --cutout belong to the DARTS protocol, not to --space {args.space}")
+    if args.space == "mobilenet" and (args.channels or args.layers):
+        raise UsageError("--channels and --layers do not apply to --space mobilenet; scale it with --width")
+    if args.space != "mobilenet" and (args.width is not None or args.dropout is not None):
+        raise UsageError(f"--width and --dropout apply to --space mobilenet only, not to --space {args.space}")
     for key, value in RECIPES[args.space, args.variant].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -195,7 +218,10 @@ def fill_recipe(args) -> None:
         args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
 
 
-def lr_at(epoch: int, args) -> float:
+def lr_at(epoch: int, args, step: int = 0, total_steps: int = 1) -> float:
+    if args.lr_schedule == "linear-iter":
+        # SPEC 6 (MobileNet): lr * (1 - t / T) at iteration t of T, no warm-up (the official per-step LambdaLR)
+        return args.lr * (1.0 - step / total_steps)
     if args.lr_schedule == "linear":
         # SPEC 6 (ImageNet), the official adjust_lr: linear decay per epoch, lr * (E-5-e) / (E-5), and over the last
         # 5 epochs a 5x smaller slope, lr * (E-e) / ((E-5)*5), so the lr never reaches 0 (the "tiny tail"). Runs of
@@ -274,10 +300,10 @@ def main():
             num_classes = load_dataset(args.dataset, args.data, "train", augment=False).num_classes
         net_args = space.retrain_args(args, num_classes)
         n_aux, n_bare, flops = count(space, arch, net_args)
+        aux = f" without the auxiliary head, {n_aux:,} with it" if n_aux != n_bare else ""
         print(
             f"{arch_text}\n{args.space} {args.variant} network {net_args}: {n_bare:,} parameters "
-            f"({n_bare / 1e6:.2f}M) without the auxiliary head, {n_aux:,} with it | {flops / 1e6:.1f}M multiply-adds "
-            f"at {args.image_size}x{args.image_size}"
+            f"({n_bare / 1e6:.2f}M){aux} | {flops / 1e6:.1f}M multiply-adds at {args.image_size}x{args.image_size}"
         )
         return
 
@@ -351,7 +377,7 @@ def main():
         )
     n_aux, n_bare, flops = count(space, arch, net_args)
     print0(
-        f"retrain {arch_text} | {args.space} {args.variant} C={args.channels} layers={args.layers} | {n_aux:,} parameters "
+        f"retrain {arch_text} | {args.space} {args.variant} {net_args} | {n_aux:,} parameters "
         f"({n_bare / 1e6:.2f}M without the auxiliary head) | {flops / 1e6:.1f}M multiply-adds at {args.image_size}px | "
         f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}"
     )
@@ -409,6 +435,10 @@ def main():
                 if args.cutout:
                     x = cutout(x, args.cutout, gen)
             x = x.contiguous(memory_format=fmt)
+            if args.lr_schedule == "linear-iter":  # per-iteration schedule (MobileNet)
+                lr = lr_at(epoch, args, step, args.epochs * len(loader))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):  # --amp: bf16 forward
                 out = model(x)  # (B, K), or with the auxiliary head in training: ((B, K), (B, K))
                 logits, aux = out if isinstance(out, tuple) else (out, None)

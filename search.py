@@ -17,6 +17,7 @@ the checkpoint's supernet_args; --exhaustive, --benchmark and --plot are NB201 o
     python search.py --ckpt runs/<run>/supernet.pt --benchmark ../shared/data/nb201-accuracy.csv
     python search.py --ckpt runs/<run>/supernet.pt --resume                # continue an interrupted search
     python search.py --ckpt runs/<darts run>/supernet.pt --max-flops 600   # DARTS: at most 600M multiply-adds
+    python search.py --ckpt runs/<mobilenet-run>/supernet.pt --max-flops 475   # MobileNet: SPEC 5, FLOPs table first
 
 The search is single-process and needs no GPU (SPEC 8, pitfall 13); there is no torchrun mode.
 """
@@ -44,6 +45,9 @@ from supernet import SPACES, arch_to_str, str_to_arch
 RECIPES = {
     "nb201": dict(population=100, topk=30, mutations=50, crossovers=50, mutation_prob=0.1, generations=20),
     "darts": dict(population=50, topk=10, mutations=25, crossovers=25, mutation_prob=0.1, generations=20),
+    # MobileNet: the SPOS settings, p=0.1 per block over the block's own list, and FLOPs <= 475M (the official lookup
+    # table; here multiply-adds at the supernet's image size, so 475 binds at 224 px and is moot at 32/64 px)
+    "mobilenet": dict(population=50, topk=10, mutations=25, crossovers=25, mutation_prob=0.1, generations=20, max_flops=475.0),
 }
 
 # Config
@@ -76,7 +80,7 @@ p.add_argument(
     type=common.number(float, 0),
     default=None,
     help="only architectures with at most M million multiply-adds at the supernet's input size (checked before "
-    "scoring; SPEC 5: 600 for DARTS-ImageNet)",
+    "scoring; SPEC 5: 600 for DARTS-ImageNet; default 475 for MobileNet)",
 )
 p.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
 p.add_argument("--benchmark", default=None, help="NAS-Bench-201 CSV (ArchitectureString + accuracy columns) to report against")

@@ -17,6 +17,7 @@ pitfalls 1, 3, 4, 10. The space-specific parts come from supernet.SPACES.
     python train.py --dataset folder --data ~/data/cifar10 --subset 10000 --epochs 10   # a CPU recipe
     python train.py --dataset fake --epochs 1 --channels 4 --layers 1                   # a smoke run
     python train.py --resume --out runs/<run>                     # continue exactly where it stopped
+    python train.py --space mobilenet --width 0.125 --dataset fake --image-size 32 --epochs 1   # MobileNet smoke run
     torchrun --standalone --nproc_per_node=8 train.py --space nb201           # one node, 8 GPUs
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py ...
 """
@@ -72,6 +73,12 @@ RECIPES = {
         channels=48, layers=14, epochs=50, batch_size=64, lr=0.1, lr_min=5e-4, lr_schedule="linear", momentum=0.9,
         nesterov=False, wd=4e-5, wd_on="conv", grad_clip=5.0, clip_mode="value", label_smoothing=0.1,
     ),
+    # MobileNet (SPEC 3): 120 epochs, batch 512 = 64 x 8 GPUs, lr 0.25 linear per iteration down to 5e-4, label
+    # smoothing 0.1 on the random labels, wd 4e-5 on conv weights AND the classifier weight, clip each value at 5
+    ("mobilenet", "imagenet"): dict(
+        width=1.0, epochs=120, batch_size=64, lr=0.25, lr_min=5e-4, lr_schedule="linear", momentum=0.9, nesterov=False,
+        wd=4e-5, wd_on="conv+fc", grad_clip=5.0, clip_mode="value", label_smoothing=0.1,
+    ),
 }  # fmt: skip
 
 # ----------------------------------------------------------------------------------------------
@@ -88,6 +95,9 @@ p.add_argument(
 p.add_argument("--channels", type=common.number(int), default=None, help="C, channels of the first stage (NB201 16)")
 p.add_argument(
     "--layers", type=common.number(int), default=None, help="NB201: N cells per stage (5); DARTS: cells in all (8 or 14)"
+)
+p.add_argument(
+    "--width", type=common.number(float, 0.01), default=None, help="MobileNet: channel multiplier (1.0; tiny runs 0.125)"
 )
 p.add_argument(
     "--sampling",
@@ -238,6 +248,10 @@ def fill_recipe(args) -> None:
         args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
     if (args.space, args.variant) not in RECIPES:
         raise UsageError(f"--space {args.space} has no {args.variant} network; use --variant {' or '.join(variants)}")
+    if args.space == "mobilenet" and (args.channels or args.layers):
+        raise UsageError("--channels and --layers do not apply to --space mobilenet; scale it with --width")
+    if args.space != "mobilenet" and args.width is not None:
+        raise UsageError(f"--width applies to --space mobilenet only; {args.space} takes --channels and --layers")
     if args.space != "nb201" and args.sampling is not None:
         raise UsageError(f"--sampling applies to --space nb201 only; {args.space} samples one genotype per cell type")
     for key, value in RECIPES[args.space, args.variant].items():
