@@ -110,14 +110,25 @@ class _Lighting:
         return image + rgb.view(3, 1, 1)
 
 
-def build_imagenet_transform(size: int, augment: bool) -> v2.Compose:
-    """SPEC 3/6, ImageNet: train = RandomResizedCrop(S, scale 0.08-1) + flip + [0, 1] float + PCA lighting 0.1;
-    eval = resize the short side to S*256/224 + CenterCrop(S). No mean/std normalization, as the official code."""
+IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+IMAGENET_STYLES = ("lighting", "normalize")
+
+
+def build_imagenet_transform(size: int, augment: bool, style: str = "lighting") -> v2.Compose:
+    """The two ImageNet pipelines of the official code; both: train = RandomResizedCrop(S, scale 0.08-1) + flip,
+    eval = resize the short side to S*256/224 + CenterCrop(S).
+    style 'lighting' (SPEC 3 supernets of both spaces, SPEC 6 DARTS retraining): [0, 1] floats + PCA lighting 0.1
+    on train, NO mean/std normalization. style 'normalize' (SPEC 6 MobileNet retraining): torchvision's
+    ImageNet mean/std, no lighting."""
+    if style not in IMAGENET_STYLES:
+        raise ValueError(f"imagenet style must be one of {IMAGENET_STYLES}, got {style!r}")
     steps = [v2.ToImage()]
     if augment:
         steps += [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     else:
         steps += [v2.Resize(size * 256 // 224, antialias=True), v2.CenterCrop(size)]
+    if style == "normalize":
+        return v2.Compose(steps + [v2.ToPureTensor(), _Normalize(*IMAGENET_MEAN_STD)])
     steps += [v2.ToPureTensor(), _Normalize([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])]  # u8 / 255 only
     if augment:
         steps.append(_Lighting(0.1))
@@ -282,8 +293,10 @@ def load_dataset(
     fake_images: int = 1024,
     fake_classes: int = 10,
     fake_seed: int = 0,
+    imagenet_style: str = "lighting",
 ) -> Dataset:
     """Load `split` ('train' or 'test') of dataset `name`; the training pipeline augments only if `augment`.
+    `imagenet_style` picks one of the two ImageNet pipelines (build_imagenet_transform); other datasets ignore it.
 
     Returns a dataset of (FloatTensor (3, S, S) normalized, int true label) with `.targets` (LongTensor (N,), 0-based)
     and `.num_classes`. `image_size` (default 32) sets S for 'folder' and 'fake'; cifar (32) and imagenet16-120 (16)
@@ -308,7 +321,7 @@ def load_dataset(
         ds = _load_fake(train, size, fake_images, fake_classes, fake_seed)
     # The test split is never augmented, whatever the caller asks (SPEC 3: test = normalize only).
     if name == "imagenet":
-        ds.transform = build_imagenet_transform(size, augment=augment and train)
+        ds.transform = build_imagenet_transform(size, augment=augment and train, style=imagenet_style)
     else:
         ds.transform = build_transform(size, *MEAN_STD[name], augment=augment and train, resize=name == "folder")
     return ds

@@ -327,6 +327,9 @@ def main():
     # ------------------------------------------------------------------------------------------
     # Data: real labels, standard augmentation on train, none on test.
     kw = dict(image_size=args.image_size, fake_images=args.fake_images, fake_seed=args.data_seed)
+    # --dataset imagenet: the MobileNet retraining normalizes with ImageNet mean/std and has no lighting; the DARTS
+    # one keeps the supernet's pipeline (SPEC 6)
+    kw["imagenet_style"] = "normalize" if args.space == "mobilenet" else "lighting"
     base = load_dataset(args.dataset, args.data, "train", augment=True, **kw)
     test_set = load_dataset(args.dataset, args.data, "test", augment=False, **kw)
     indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)

@@ -345,7 +345,7 @@ def main():
     cols = list(bench.acc) if bench else []
     unit = " (radians)" if args.fitness == "angle" else ""
     print(f"\ntop {min(args.top, len(ordered))} by {args.fitness}{unit}, larger is better:")
-    header = f"{'#':>3} {'angle':>10}  " + "".join(f"{c:>16}" for c in cols) + "  architecture"
+    header = f"{'#':>3} {args.fitness:>10}  " + "".join(f"{c:>16}" for c in cols) + "  architecture"
     print(header)
     for i, a in enumerate(ordered[: args.top]):
         accs = "".join(f"{bench.accuracy(a, c):16.2f}" if a in bench.index else f"{'n/a':>16}" for c in cols) if bench else ""

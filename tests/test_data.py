@@ -223,6 +223,27 @@ def test_folder_resizes_other_sizes_and_jpeg(tmp_path):
     assert load_dataset("folder", str(tmp_path), "train", True, image_size=16)[1][0].shape == (3, 16, 16)
 
 
+def test_imagenet_pipelines_lighting_and_normalize(tmp_path):
+    # SPEC 3/6: eval = resize to S*256/224 then centre-crop S; 'lighting' leaves pixels in [0, 1] (no mean/std; the
+    # lighting noise is train-only), 'normalize' (MobileNet retraining) uses torchvision's ImageNet mean/std
+    write_folder(tmp_path, "val", size=(40, 40))
+    ref = TF.center_crop(TF.resize(TF.pil_to_tensor(Image.open(load_dataset("imagenet", str(tmp_path), "test",
+                                                                                augment=False).samples[0][0]).convert("RGB")),
+                                   [36], antialias=True), [32])  # fmt: skip
+    plain = load_dataset("imagenet", str(tmp_path), "test", augment=False, image_size=32)[0][0]
+    assert torch.allclose(plain, ref.float() / 255, atol=1e-6)
+    norm = load_dataset("imagenet", str(tmp_path), "test", augment=False, image_size=32, imagenet_style="normalize")[0][0]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in data.IMAGENET_MEAN_STD)
+    assert torch.allclose(norm, (ref.float() / 255 - mean) / std, atol=1e-5)
+    torch.manual_seed(0)
+    lit = load_dataset("imagenet", str(tmp_path), "train", augment=True, image_size=32)[0][0]
+    torch.manual_seed(0)
+    nrm = load_dataset("imagenet", str(tmp_path), "train", augment=True, image_size=32, imagenet_style="normalize")[0][0]
+    assert lit.shape == nrm.shape == (3, 32, 32) and not torch.allclose((nrm * std + mean), lit, atol=1e-3)
+    with pytest.raises(ValueError, match="imagenet style"):
+        load_dataset("imagenet", str(tmp_path), "train", augment=True, imagenet_style="bogus")
+
+
 def _no_root(root):
     return os.path.join(root, "missing")
 
