@@ -380,7 +380,6 @@ def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:
 #   retrain_args(args, num_classes)       net_args of that network from retrain.py's flags
 #   input_size(net_args) -> int           the image side the FLOPs are counted at
 #   ckpt_keys                             the keys a valid supernet_args must have (search.py checks them)
-#   min_flops(net_args) -> int            optional: the smallest FLOPs of any architecture (an early --max-flops error)
 
 
 def count_flops(model: nn.Module, input_size: int) -> int:
