@@ -296,7 +296,7 @@ def main():
             rate = len(gen.evaluated) / max(time.time() - t0, 1e-9)
             eta = (args.generations - gen.index - 1) * (time.time() - t0) / (gen.index + 1)
             line = (
-                f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.0f} archs/s | "
+                f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.{0 if rate >= 10 else 2}f} archs/s | "
                 f"ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {space.format(best)}"
             )
             if bench is not None and len(gen.evaluated) > 1:
