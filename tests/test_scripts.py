@@ -203,6 +203,27 @@ def test_torchrun_two_ranks_agree(tmp_path):
     assert res.stdout.count("done:") == 1  # only rank 0 prints
 
 
+@pytest.mark.parametrize(
+    "space_flags",
+    [
+        "--space darts --variant imagenet --dataset fake --image-size 32 --channels 4 --layers 3",
+        "--space mobilenet --width 0.125 --dataset fake --image-size 32",
+    ],
+    ids=["darts-imagenet", "mobilenet"],
+)
+def test_torchrun_two_ranks_agree_other_spaces(tmp_path, space_flags):
+    # The ImageNet recipes are the 8-GPU ones (label smoothing, per-step linear lr, clip by value, conv-only wd):
+    # two ranks must draw the same genotype every step and end with the same weights (checked after every epoch)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = tmp_path / "ddp"
+    flags = [*space_flags.split(), "--fake-images", 64, "--batch-size", 16, "--workers", 0, "--epochs", 1]
+    res = run("train.py", *flags, "--device", "cpu", "--backend", "gloo", "--out", out, launcher=launcher)
+    ckpt = load(out / "supernet.pt")
+    ranks = ckpt["ddp_ranks"]
+    assert len(ranks) == 2 and ranks[0] == ranks[1] and ckpt["world_size"] == 2 and ckpt["step"] == 2
+    assert res.stdout.count("done:") == 1
+
+
 def test_torchrun_retrain(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
