@@ -11,6 +11,9 @@ Not part of the method and not a test: it prints ratios, so a noisy machine shif
 3. Angle: all 15,625 NB201 architectures ranked from checkpoint files, and the per-architecture speed-up of
    angle.AngleScorer over the literal reference angle.angle_reference.
 4. A full NB201 evolution search (20 generations, 2,000 architectures), checkpoint loading included.
+5. The DARTS and MobileNet spaces at paper size: supernet training throughput, the fast angle against the literal
+   reference, and a SPEC 5 search of 1,000 candidates under the paper's FLOPs limit (W0 = the init, Wt = the init
+   plus noise: the speed of an angle does not depend on how the weights were trained).
 
     python bench.py                   # about 2-4 minutes on a 2-core CPU
     python bench.py --quick           # fewer steps, for a smoke run
@@ -29,10 +32,10 @@ import torch
 
 import common
 import search
-from angle import AngleScorer, angle_reference
+from angle import AngleScorer, angle_reference, darts_angle_reference, mb_angle_reference
 from data import Relabeled, TensorBatches, load_dataset, make_loader
 from evolution import evolve, rank
-from supernet import OPS, Supernet, all_archs, sample_path
+from supernet import OPS, SPACES, Supernet, all_archs, sample_path
 from train import train_step
 
 OFFICIAL_TRAIN_IMG_S = 174.0  # the official NB201 supernet on this kind of machine, 2 threads (issue 6)
@@ -149,6 +152,59 @@ def bench_search(ckpt: str) -> dict:
     return dict(rank_all=t_rank_all, fast=fast_per_arch, ref=ref_per_arch, evolve=t_evolve, evaluated=len(result.evaluated))
 
 
+def bench_space(device, net_args: dict, batch: int, steps: int, limit_m: float | None, reference) -> dict:
+    """Training img/s, fast and reference seconds per angle, and a 1,000-candidate search for one space."""
+    space = SPACES[net_args["space"]]
+    torch.manual_seed(0)
+    net = space.supernet(net_args).to(device)
+    w0 = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    out = {}
+    if steps:
+        fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # train.py's auto layout
+        net = net.to(memory_format=fmt)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        gen = torch.Generator().manual_seed(0)
+        size = net_args["image_size"]
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, net_args["num_classes"], (batch,), device=device)
+        for i in range(steps + 1):
+            if i == 1:  # the first step is warm-up
+                sync(device)
+                t0 = time.perf_counter()
+            train_step(net, opt, x, y, space.sample_path(gen, net_args))
+        sync(device)
+        out["train"] = batch * steps / (time.perf_counter() - t0)
+    noise = torch.Generator().manual_seed(1)
+    wt = {k: v + 0.01 * torch.randn(v.shape, generator=noise) if v.is_floating_point() else v for k, v in w0.items()}
+    t0 = time.perf_counter()
+    scorer = space.scorer(w0, wt, net_args)
+    out["build"] = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(2)
+    archs = [space.repair(space.sample_path(gen, net_args)) for _ in range(1000)]
+    t0 = time.perf_counter()
+    scorer.angles(archs)
+    out["fast"] = (time.perf_counter() - t0) / len(archs)
+    t0 = time.perf_counter()
+    for a in archs[:3]:
+        reference(w0, wt, a, net_args)
+    out["ref"] = (time.perf_counter() - t0) / 3
+    t0 = time.perf_counter()
+    result = evolve(
+        space.gene_choices(net_args),
+        lambda cands: scorer.angles(cands).tolist(),
+        population=50,
+        topk=10,
+        mutations=25,
+        crossovers=25,
+        generations=20,
+        mutation_choices=space.mutation_choices(net_args),
+        constraint=None if limit_m is None else (lambda a: space.flops(a, net_args) <= limit_m * 1e6),
+        repair=space.repair,
+    )
+    out["search"], out["evaluated"] = time.perf_counter() - t0, len(result.evaluated)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -181,7 +237,7 @@ def main():
         for amp, cl in [(True, False), (True, True)]:
             t, f = bench_training(device, steps, amp=amp, channels_last=cl)
             print(f"   --amp, channels_last={cl!s:5}: train {t:8.1f} img/s ({t / train:.2f}x) | forward {f:8.1f} img/s")
-    print("   DARTS and MobileNet supernets: not implemented yet (issues 3 and 4)")
+    print("   DARTS and MobileNet supernets: section 5")
 
     print(f"\n2. data pipeline: one epoch of {images:,} CIFAR-sized training images (flip + crop + normalize)")
     slow, fast = bench_data(device, images)
@@ -207,6 +263,26 @@ def main():
         f"   evolution, 20 generations ({r['evaluated']:,} architectures), checkpoint loading included: "
         f"{r['evolve']:.2f} s (target under 2 s)"
     )
+
+    print("\n5. the DARTS and MobileNet spaces at paper size")
+    spaces = [
+        ("DARTS CIFAR supernet (C=16, 8 cells), batch 64 at 32x32, no FLOPs limit (as the official CIFAR search)",
+         dict(space="darts", channels=16, layers=8, num_classes=10, variant="cifar", image_size=32), 64, None,
+         darts_angle_reference),
+        ("DARTS ImageNet supernet (C=48, 14 cells), batch 16 at 224x224, limit 600M",
+         dict(space="darts", channels=48, layers=14, num_classes=1000, variant="imagenet", image_size=224), 16, 600,
+         darts_angle_reference),
+        ("MobileNet supernet (width 1.0), batch 16 at 224x224, limit 475M",
+         dict(space="mobilenet", num_classes=1000, width=1.0, image_size=224), 16, 475, mb_angle_reference),
+    ]  # fmt: skip
+    for title, net_args, batch, limit, reference in spaces:
+        r = bench_space(device, net_args, batch, max(2, steps // 5), limit, reference)
+        print(f"   {title}")
+        print(
+            f"      train {r['train']:7.1f} img/s | angle tables built in {r['build']:.2f} s | per architecture: fast "
+            f"{r['fast'] * 1e6:.1f} us, reference {r['ref'] * 1e3:.0f} ms, {r['ref'] / r['fast']:,.0f}x | "
+            f"search (50 x 20 generations): {r['evaluated']:,} candidates in {r['search']:.2f} s"
+        )
 
 
 if __name__ == "__main__":

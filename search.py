@@ -295,9 +295,10 @@ def main():
             best = gen.archive[0]
             rate = len(gen.evaluated) / max(time.time() - t0, 1e-9)
             eta = (args.generations - gen.index - 1) * (time.time() - t0) / (gen.index + 1)
+            digits = 0 if rate >= 10 else 2  # the one-shot accuracy fitness runs below 1 candidate/s
             line = (
-                f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.{0 if rate >= 10 else 2}f} archs/s | "
-                f"ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {space.format(best)}"
+                f"gen {gen.index + 1:2d}/{args.generations} | {len(gen.evaluated):5d} evaluated | {rate:,.{digits}f} archs/s"
+                f" | ETA {common.format_time(eta)} | best {gen.evaluated[best]:.6f} {space.format(best)}"
             )
             if bench is not None and len(gen.evaluated) > 1:
                 col = next(iter(bench.acc))
