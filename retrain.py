@@ -211,6 +211,8 @@ def fill_recipe(args) -> None:
         raise UsageError("--channels and --layers do not apply to --space mobilenet; scale it with --width")
     if args.space != "mobilenet" and (args.width is not None or args.dropout is not None):
         raise UsageError(f"--width and --dropout apply to --space mobilenet only, not to --space {args.space}")
+    if args.dropout is not None and args.dropout >= 1:
+        raise UsageError(f"--dropout {args.dropout} would drop every feature; give a probability below 1 (SPEC 6: 0.2)")
     for key, value in RECIPES[args.space, args.variant].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -285,6 +287,22 @@ def count(space, arch, net_args: dict) -> tuple[int, int, int]:
     return count_all_params(full), count_all_params(bare), count_flops(bare, net_args.get("image_size", 32))
 
 
+def check_aux_head(space, arch, net_args: dict) -> None:
+    """DARTS: the auxiliary head pools a 5x5 window and applies a 2x2 conv to the feature map of cell 2L//3, which is
+    8x8 at 32 px (CIFAR) and 7x7 at 224 px (ImageNet). A smaller --image-size leaves it no room: say so in one line
+    now rather than fail inside the first forward pass. A meta-device forward pass checks the real shapes."""
+    size = net_args.get("image_size", 32)
+    with torch.device("meta"):
+        probe = space.network(arch, net_args, aux=True).train()
+        try:
+            probe(torch.zeros(2, 3, size, size))
+        except RuntimeError:
+            raise UsageError(
+                f"--image-size {size} is too small for the auxiliary head (it needs 32 px on the cifar network, 224 "
+                "on the imagenet one); use a larger --image-size or --aux-weight 0"
+            ) from None
+
+
 def main():
     args = p.parse_args()
     space, arch = resolve_arch(args)
@@ -334,6 +352,8 @@ def main():
     test_set = load_dataset(args.dataset, args.data, "test", augment=False, **kw)
     indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)
     train_set = Relabeled(base, indices, base.targets.long())
+    if args.aux_weight > 0:
+        check_aux_head(space, arch, space.retrain_args(args, base.num_classes))
     if not args.resume and d.master:
         common.make_run_dir(args.out, args.force)
     if d.ddp:
@@ -430,9 +450,9 @@ def main():
             if i < skip:
                 continue  # drawn again (same order, same crops) but already trained on
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
-            if args.cutout or args.drop_path:
-                # cutout squares and drop-path masks come from a generator seeded by (seed, step, rank): a resumed run
-                # draws the same ones, and the data pipeline's own random stream is left untouched
+            if args.cutout or args.drop_path or args.dropout:
+                # cutout squares, drop-path and dropout masks come from a generator seeded by (seed, step, rank): a
+                # resumed run draws the same ones, and the data pipeline's own random stream is left untouched
                 gen = torch.Generator(device=x.device).manual_seed(epoch_seed(args.seed, step, d.rank))
                 raw_model.drop_generator = gen
                 if args.cutout:

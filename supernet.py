@@ -1131,13 +1131,20 @@ class MobileNetSubnet(_MobileNetBase):
         self.arch = tuple(arch)
         kept = [(i, o, s, *MB_OPS[c]) for (i, o, s), c in zip(mb_blocks(width), arch) if c != MB_IDENTITY]
         self.blocks = nn.Sequential(*[MBConv(i, o, k, s, e) for i, o, s, k, e in kept])  # identity blocks: removed
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
+        self.drop_generator = None  # retrain.py sets one per step, seeded by (seed, step, rank): exact resume
         mb_init(self)
 
     def forward(self, x, arch=None):
         x = self.blocks(self.first(self.stem(x)))  # (B, 432, H/32, W/32)
         x = self.pool(self.head(x)).flatten(1)  # (B, 1728)
-        return self.classifier(self.dropout(x))  # (B, K)
+        if self.training and self.dropout > 0:
+            # Dropout(0.2) before the classifier (SPEC 6). Its mask comes from drop_generator when one is set, not
+            # from the global RNG, so a resumed run draws exactly the masks the interrupted one would have.
+            keep = 1.0 - self.dropout
+            mask = torch.rand(x.shape, generator=self.drop_generator, device=x.device) < keep
+            x = x * mask / keep
+        return self.classifier(x)  # (B, K)
 
     def extra_repr(self):
         return f"model_id='{mb_format(self.arch)}'"

@@ -147,3 +147,26 @@ def test_non_finite_loss_stops_the_run_before_a_checkpoint(tmp_path):
     res = run("train.py", *TINY, "--epochs", 2, "--lr", "1e30", "--out", tmp_path / "nan", check=False)
     assert res.returncode == 1 and "the loss is not finite" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "nan" / "supernet.pt").exists()  # no NaN weights were checkpointed
+
+
+SEP3_POOL = (
+    "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], normal_concat=[2, 3, 4, 5], "
+    "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('max_pool_3x3', 0), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+    "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
+)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        # the DARTS auxiliary head needs an 8x8 map at cell 2L//3 (32 px on the cifar network)
+        (["--genotype", SEP3_POOL, "--channels", "4", "--layers", "3", "--image-size", "16"], ["16", "auxiliary head"]),
+        (["--arch", "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2", "--width", "0.125", "--dropout", "1"], ["--dropout"]),
+    ],
+    ids=["darts-aux-head-too-small", "mobilenet-dropout-1"],
+)
+def test_retrain_other_spaces_bad_settings(tmp_path, args, words):
+    flags = ["--dataset", "fake", "--fake-images", "32", "--workers", "0", "--epochs", "1", "--out", tmp_path / "rt"]
+    assert_user_error(run("retrain.py", *args, *flags, check=False), *words)
+    assert not (tmp_path / "rt").exists()  # nothing left behind

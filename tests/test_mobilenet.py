@@ -181,7 +181,7 @@ def test_space_interface():
     state = model.state_dict()
     assert space.scorer(state, state, ARGS).angles([arch]).shape == (1,)
     assert space.flops(arch, ARGS) == S.mb_flops(arch, 16, WIDTH, K)
-    assert space.network(arch, ARGS).dropout.p == 0.2 and space.network(arch, {**ARGS, "dropout": 0.5}).dropout.p == 0.5
+    assert space.network(arch, ARGS).dropout == 0.2 and space.network(arch, {**ARGS, "dropout": 0.5}).dropout == 0.5
     assert S.SPACES["mobilenet"] is not None and space.all_archs(ARGS) is None
 
 

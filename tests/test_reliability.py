@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from test_scripts import ROOT, assert_same_weights_and_momentum, load, run, script_env, tiny_flags
 
@@ -164,3 +165,33 @@ def test_ddp_rank_death_stops_the_others_then_resume(tmp_path):
     assert b["epoch"] == 12 and b["ddp_ranks"][0] == b["ddp_ranks"][1]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert log_without_timing(tmp_path / "ref" / "log.jsonl") == log_without_timing(out / "log.jsonl")
+
+
+DARTS_GENOTYPE = (
+    "Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('dil_conv_3x3', 0), ('max_pool_3x3', 2), "
+    "('sep_conv_5x5', 1), ('avg_pool_3x3', 3), ('skip_connect', 0), ('dil_conv_5x5', 4)], normal_concat=[2, 3, 4, 5], "
+    "reduce=[('max_pool_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 1), ('avg_pool_3x3', 2), "
+    "('dil_conv_3x3', 0), ('sep_conv_5x5', 3), ('skip_connect', 0), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
+)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        # the DARTS CIFAR protocol: auxiliary head, drop path and cutout all draw randomness every step
+        ["--genotype", DARTS_GENOTYPE, "--channels", 4, "--layers", 3, "--image-size", 32, "--cutout", 8],
+        # the MobileNet protocol: lr linear per iteration, dropout before the classifier
+        ["--arch", "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2", "--width", 0.125, "--image-size", 16],
+    ],
+    ids=["darts-cifar", "mobilenet"],
+)
+def test_retrain_other_spaces_sigkill_then_resume_is_bit_exact(tmp_path, flags):
+    flags = [*flags, "--dataset", "fake", "--fake-images", 192, "--batch-size", 16, "--workers", 0, "--epochs", 3]
+    run("retrain.py", *flags, "--out", tmp_path / "ref")
+    proc = start("retrain.py", *flags, "--save-every-steps", 3, "--out", tmp_path / "crashed")
+    kill_when(proc, lambda: mid_epoch_checkpoint(tmp_path / "crashed" / "retrain.pt"))
+    run("retrain.py", *flags, "--resume", "--out", tmp_path / "crashed")
+    a, b = load(tmp_path / "ref" / "retrain.pt"), load(tmp_path / "crashed" / "retrain.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["test_top1"] == b["test_top1"]
+    assert log_without_timing(tmp_path / "ref" / "log.jsonl") == log_without_timing(tmp_path / "crashed" / "log.jsonl")
