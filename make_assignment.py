@@ -91,6 +91,16 @@ GRADED = {
 # Test files that run the real scripts (train.py needs exercises 1-4, search.py's evolution 6): skipped in a copy
 # until every exercise is done, so that an unfinished copy fails exactly the graded tests.
 END_TO_END = ("tests/test_scripts.py", "tests/test_reliability.py", "tests/test_errors.py")
+# ... and the script tests of the DARTS and MobileNet spaces (their unit tests need no exercise and always run)
+END_TO_END_TESTS = (
+    "tests/test_darts.py::test_cifar_train_search_retrain",
+    "tests/test_darts.py::test_imagenet_train_search_retrain",
+    "tests/test_darts.py::test_darts_user_errors",
+    "tests/test_darts.py::test_imagenet_variant_resume_is_exact",
+    "tests/test_mobilenet.py::test_train_search_retrain_scripts",
+    "tests/test_mobilenet.py::test_script_errors_are_one_line",
+    "tests/test_mobilenet.py::test_train_resume_is_exact",
+)
 KIT_ONLY = ("tests/test_assignments.py",)  # the kit's own test needs the reference: not in the student copy
 
 BEGIN = re.compile(r"^( *)# EXERCISE (\d+) BEGIN: (.+)$")

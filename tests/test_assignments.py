@@ -53,6 +53,14 @@ def test_markers_are_well_formed_and_graded_tests_exist():
                 assert re.search(rf"^def {test}\(", f.read(), re.M), node
     for path in K.END_TO_END:
         assert os.path.exists(os.path.join(ROOT, path))
+    # every test of the other spaces that runs a script (directly, or through the mb_run fixture) is listed in
+    # END_TO_END_TESTS, and only those: a student copy must not fail a test that no exercise grades
+    for path in ("tests/test_darts.py", "tests/test_mobilenet.py"):
+        with open(os.path.join(ROOT, path)) as f:
+            chunks = re.split(r"^(?=def |@|class |[A-Z_]+ = )", f.read(), flags=re.M)  # top-level statements
+        tests = [c for c in chunks if c.startswith("def test_")]
+        runs_scripts = {path + "::" + body[4 : body.index("(")] for body in tests if "run(" in body or "mb_run" in body}
+        assert runs_scripts == {node for node in K.END_TO_END_TESTS if node.startswith(path)}, path
     assert K.pending(ROOT) == set()  # the reference has no open exercise: conftest skips nothing here
 
 
