@@ -5,7 +5,7 @@ For a candidate a, build V(a, W) by concatenating the supernet weights along eve
 input-to-output path of a's cell, once from the initial weights W0 and once from the trained
 weights Wt. The score is
 
-    angle(a) = arccos( <V(a,W0), V(a,Wt)> / (|V(a,W0)| |V(a,Wt)|) )      (radians, maximised)
+    angle(a) = arccos( <V(a,W0), V(a,Wt)> / (|V(a,W0)| |V(a,Wt)|) )      (radians, maximised; SPEC 4.1)
 
 A bigger angle means the weights moved further: by the paper's ease-of-convergence hypothesis
 that architecture "converged faster" and is expected to be better. No data and no forward pass
@@ -23,10 +23,11 @@ Two implementations, tested against each other:
   product and the two squared norms; the angle of any architecture is then a sum of a few
   precomputed numbers. All 15,625 NB201 architectures take milliseconds.
 
-The DARTS space has the same pair at the end of this file (`darts_weight_vector` / `darts_angle_reference` and
-`DartsAngleScorer`, SPEC 4.3), in its own delimited section.
+The other spaces have the same pair, each in its own delimited section below: DARTS (`darts_weight_vector` /
+`darts_angle_reference` and `DartsAngleScorer`, SPEC 4.3) and MobileNet (`mb_weight_vector` / `mb_angle_reference`
+and `MBAngleScorer`, SPEC 4.4). What each vector includes, space by space: SPEC 4.5.
 
-    python search.py --ckpt runs/<run>/supernet.pt             # uses AngleScorer (DartsAngleScorer for DARTS)
+    python search.py --ckpt runs/<run>/supernet.pt             # the scorer of the checkpoint's space
     python -c "import angle; help(angle.AngleScorer)"
 """
 

@@ -67,6 +67,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def pick_recipe(args, recipes: dict, script: str) -> dict:
+    """The (space, variant) recipe of a stage script's RECIPES table; sets args.variant when it is left at None.
+
+    Default variant: imagenet for --dataset imagenet (where the space has one), else the space's first one.
+    A space or variant without a recipe is a one-line UsageError naming the choices.
+    """
+    variants = [v for s, v in recipes if s == args.space]
+    if not variants:
+        raise UsageError(f"{script} has no recipe for --space {args.space} yet")
+    if args.variant is None:
+        args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
+    if (args.space, args.variant) not in recipes:
+        raise UsageError(f"--space {args.space} has no {args.variant} network; use --variant {' or '.join(variants)}")
+    return recipes[args.space, args.variant]
+
+
+def fill_defaults(args, recipe: dict) -> None:
+    """Every flag left at None takes the recipe's value; an explicit flag wins."""
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def number(kind=int, minimum=1):
     """argparse type for a number >= minimum (epochs, batch size, population ...), with a one-line error."""
 

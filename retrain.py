@@ -198,13 +198,7 @@ def resolve_arch(args):
 
 def fill_recipe(args) -> None:
     """Fill every flag left at None from the (space, variant) recipe."""
-    variants = [v for s, v in RECIPES if s == args.space]
-    if not variants:
-        raise UsageError(f"{__file__.rsplit('/', 1)[-1]} has no recipe for --space {args.space} yet")
-    if args.variant is None:
-        args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
-    if (args.space, args.variant) not in RECIPES:
-        raise UsageError(f"--space {args.space} has no {args.variant} network; use --variant {' or '.join(variants)}")
+    recipe = common.pick_recipe(args, RECIPES, "retrain.py")
     if args.space != "darts" and any(getattr(args, k) for k in ("aux_weight", "drop_path", "cutout")):
         raise UsageError(f"--aux-weight, --drop-path and --cutout belong to the DARTS protocol, not to --space {args.space}")
     if args.space == "mobilenet" and (args.channels or args.layers):
@@ -213,9 +207,7 @@ def fill_recipe(args) -> None:
         raise UsageError(f"--width and --dropout apply to --space mobilenet only, not to --space {args.space}")
     if args.dropout is not None and args.dropout >= 1:
         raise UsageError(f"--dropout {args.dropout} would drop every feature; give a probability below 1 (SPEC 6: 0.2)")
-    for key, value in RECIPES[args.space, args.variant].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    common.fill_defaults(args, recipe)
     if args.image_size is None:
         args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
 

@@ -1,8 +1,9 @@
 """
 The search spaces of RLNAS and their weight-sharing supernets, trained by single-path one-shot (SPOS) sampling.
 
-Three parts, each in its own delimited section: the NAS-Bench-201 space (this docstring, SPEC 2.1), the interface the
-stage scripts use (`SPACES`, one small class per space), and the DARTS-like space (SPEC 2.2/2.3, see its banner).
+Four parts, each in its own delimited section: the NAS-Bench-201 space (this docstring, SPEC 2.1), the interface the
+stage scripts use (`SPACES`, one small class per space), the DARTS-like space of the paper's Table 3 (SPEC 2.2/2.3)
+and the MobileNet-like space of its Table 5 (SPEC 2.4); each section's banner says what it implements.
 
 RLNAS step 1 trains this network with random labels: every step one architecture is drawn
 uniformly and only its operations run forward and backward. This file holds the search

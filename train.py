@@ -241,22 +241,14 @@ RUN_FLAGS = {
 
 def fill_recipe(args) -> None:
     """Fill every flag left at None from the (space, variant) recipe (SPEC 3)."""
-    variants = [v for s, v in RECIPES if s == args.space]
-    if not variants:
-        raise UsageError(f"{__file__.rsplit('/', 1)[-1]} has no recipe for --space {args.space} yet")
-    if args.variant is None:
-        args.variant = "imagenet" if args.dataset == "imagenet" and "imagenet" in variants else variants[0]
-    if (args.space, args.variant) not in RECIPES:
-        raise UsageError(f"--space {args.space} has no {args.variant} network; use --variant {' or '.join(variants)}")
+    recipe = common.pick_recipe(args, RECIPES, "train.py")
     if args.space == "mobilenet" and (args.channels or args.layers):
         raise UsageError("--channels and --layers do not apply to --space mobilenet; scale it with --width")
     if args.space != "mobilenet" and args.width is not None:
         raise UsageError(f"--width applies to --space mobilenet only; {args.space} takes --channels and --layers")
     if args.space != "nb201" and args.sampling is not None:
         raise UsageError(f"--sampling applies to --space nb201 only; {args.space} samples one genotype per cell type")
-    for key, value in RECIPES[args.space, args.variant].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    common.fill_defaults(args, recipe)
 
 
 def lr_at(epoch: int, args, step: int = 0, total_steps: int = 1) -> float:
