@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import hashlib
 import json
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -182,24 +182,74 @@ def state_fingerprint(state: dict) -> str:
     return h.hexdigest()
 
 
+# What each stage writes into its run directory (search.py and its plots may add theirs beside a supernet). --force
+# deletes a directory only when every entry in it matches its stage's list, so it can never empty a directory that
+# holds anything else: '.', a repository, a home directory, another stage's run.
+RUN_FILES = {
+    "train": ("supernet.pt", "supernet_init.pt", "supernet_ep*.pt", "log.jsonl", "config.json", "search*.json", "*.png"),
+    "retrain": ("retrain.pt", "log.jsonl", "config.json"),
+}
+STAGE_OF = {"supernet.pt": "train", "retrain.pt": "retrain"}
+
+
+def _foreign_entries(out: str, stage: str) -> list[str]:
+    """Entries of `out` that `stage` did not write (temp files of its atomic writes count as its own)."""
+    patterns = RUN_FILES[stage]
+    own = lambda name: any(fnmatch.fnmatchcase(name.removesuffix(".tmp"), pat) for pat in patterns)  # noqa: E731
+    return sorted(name for name in os.listdir(out) if not (own(name) and os.path.isfile(os.path.join(out, name))))
+
+
+def _protected(out: str) -> str | None:
+    """Why `out` must never be deleted whatever it holds, or None."""
+    real = os.path.realpath(out)
+    here = os.path.realpath(os.getcwd())
+    if real == here or here.startswith(real.rstrip(os.sep) + os.sep):
+        return "it is the current directory or holds it"
+    if real in {os.path.realpath(os.path.expanduser("~")), os.path.realpath(os.sep)}:
+        return "it is a home or root directory"
+    if os.path.exists(os.path.join(real, ".git")):
+        return "it is a git repository"
+    return None
+
+
 def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
     """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk."""
+    stage = STAGE_OF[marker]
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a directory; pass --out DIR for the run directory")
     if resume:
         if not os.path.isfile(os.path.join(out, marker)):
             raise UsageError(
                 f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run"
             )
-    elif os.path.isdir(out) and os.listdir(out) and not force:
-        raise UsageError(
-            f"run directory {out} already exists: pass --resume to continue it, "
-            "--force to overwrite it, or --out DIR for a new run"
-        )
+    elif os.path.isdir(out) and os.listdir(out):
+        if not force:
+            raise UsageError(
+                f"run directory {out} already exists: pass --resume to continue it, "
+                "--force to overwrite it, or --out DIR for a new run"
+            )
+        why = _protected(out)
+        foreign = _foreign_entries(out, stage)
+        if why is None and foreign:
+            why = f"it holds {foreign[0]!r}, which {stage}.py did not write"
+        if why is None and not os.path.isfile(os.path.join(out, "config.json")):
+            why = f"it has no config.json, so it is not a {stage}.py run directory"
+        if why:
+            raise UsageError(f"--force refused: {out} is not a {stage}.py run directory ({why}); pass --out DIR")
 
 
-def make_run_dir(out: str, force: bool) -> None:
-    """Create a new run directory (master only); with --force an existing one is removed first."""
+def make_run_dir(out: str, force: bool, marker: str) -> None:
+    """Create a new run directory (master only); with --force the files of an old run of the same stage go first.
+
+    check_run_dir has already refused anything else, and only that stage's own files are removed one by one: never
+    shutil.rmtree, so even a race with a user's file appearing meanwhile cannot take it along.
+    """
     if force and os.path.isdir(out):
-        shutil.rmtree(out)
+        stage = STAGE_OF[marker]
+        if _protected(out) or _foreign_entries(out, stage):
+            raise UsageError(f"--force refused: {out} changed meanwhile and now holds other files; pass --out DIR")
+        for name in os.listdir(out):
+            os.remove(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
 
 

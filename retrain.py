@@ -347,7 +347,7 @@ def main():
     if args.aux_weight > 0:
         check_aux_head(space, arch, space.retrain_args(args, base.num_classes))
     if not args.resume and d.master:
-        common.make_run_dir(args.out, args.force)
+        common.make_run_dir(args.out, args.force, "retrain.pt")
     if d.ddp:
         torch.distributed.barrier()
     test_view = Relabeled(test_set, torch.arange(len(test_set)), test_set.targets.long())

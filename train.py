@@ -388,7 +388,7 @@ def main():
         )
     fast, cache = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(train_set)), {}
     if not args.resume and d.master:
-        common.make_run_dir(args.out, args.force)  # only now: a bad flag or missing data leaves nothing behind
+        common.make_run_dir(args.out, args.force, "supernet.pt")  # only now: a bad flag or missing data leaves nothing behind
     if d.ddp:
         torch.distributed.barrier()
 
