@@ -147,6 +147,29 @@ def test_student_copy_fails_exactly_the_graded_tests(student_runs, half):
     assert e2e and set(e2e) == {"skipped"}  # the scripts wait until every exercise is done
 
 
+def test_grade_prints_one_line_per_failing_test_and_a_summary(student_runs):
+    """--grade: the failing tests with the first line of their failure (the exercise's message), no tracebacks."""
+    copies, _, _ = student_runs
+
+    def grade(copy, n):
+        cmd = [sys.executable, "make_assignment.py", "--grade", str(n)]
+        env = script_env(PYTHONPATH=str(copy))
+        return subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+
+    res = grade(copies[0], 3)  # exercise 3 removed from this copy
+    lines = res.stdout.strip().splitlines()
+    assert res.returncode == 1 and res.stderr == ""
+    failed, summary = lines[:-1], lines[-1]
+    assert {re.sub(r"\[.*\]$", "", line.split(": ")[0].removeprefix("FAILED ")) for line in failed} == set(K.GRADED[3])
+    for line in failed:
+        node, why = line.removeprefix("FAILED ").split(": ", 1)
+        assert line.startswith("FAILED tests/test_supernet.py::") and why.startswith("NotImplementedError: Exercise 3: ")
+    assert summary.startswith(f"exercise 3: {len(failed)} of {len(failed)} graded test cases do not pass")
+    assert "python -m pytest -q tests/test_supernet.py::" in summary
+    res = grade(copies[1], 1)  # exercise 1 is done in this copy
+    assert res.returncode == 0 and res.stdout.strip() == f"exercise 1: all {len(K.GRADED[1])} graded test cases pass"
+
+
 def test_restore_puts_the_reference_back_and_protects_student_work(tmp_path):
     copy = tmp_path / "student"
     K.make_copy(copy, set(EXERCISES), ROOT)
