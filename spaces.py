@@ -55,6 +55,8 @@ import supernet
 
 @dataclass(frozen=True)
 class Space:
+    """One search space: a name, its checkpoint keys and plain functions (the fields of the module docstring)."""
+
     name: str
     ckpt_keys: tuple[str, ...]
     net_args: Callable
