@@ -32,10 +32,13 @@ import torch
 
 import common
 import search
-from angle import AngleScorer, angle_reference, darts_angle_reference, mb_angle_reference
+from angle import AngleScorer, angle_reference
+from darts import darts_angle_reference
 from data import Relabeled, TensorBatches, load_dataset, make_loader
 from evolution import evolve, rank
-from supernet import OPS, SPACES, Supernet, all_archs, sample_path
+from mobilenet import mb_angle_reference
+from spaces import SPACES
+from supernet import OPS, Supernet, all_archs, sample_path
 from train import train_step
 
 OFFICIAL_TRAIN_IMG_S = 174.0  # the official NB201 supernet on this kind of machine, 2 threads (issue 6)

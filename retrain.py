@@ -40,7 +40,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 from common import UsageError, print0
 from data import DATASETS, DataError, Relabeled, epoch_loader, epoch_seed, in_memory, load_dataset, subset_indices
-from supernet import SPACES, count_all_params, count_flops
+from spaces import SPACES
+from supernet import count_all_params, count_flops
 
 # ----------------------------------------------------------------------------------------------
 # The training protocol per (space, network variant); flags left at None take these values (config.json records

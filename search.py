@@ -36,7 +36,8 @@ from benchmark import BenchmarkError, load_benchmark
 from common import UsageError
 from data import DataError, Relabeled, epoch_loader, in_memory, load_dataset, split_indices, subset_indices
 from evolution import evolve, rank, tie_group
-from supernet import SPACES, arch_to_str, str_to_arch
+from spaces import SPACES
+from supernet import arch_to_str, str_to_arch
 
 # ----------------------------------------------------------------------------------------------
 # The evolution settings per search space (SPEC 5); flags left at None take these. NB201: population 100, top-30,
@@ -111,7 +112,7 @@ SEARCH_KEYS = (
 
 
 def tie_key(arch):
-    """NB201's tie rule (supernet.NB201Space.tie_key), kept here for bench.py."""
+    """NB201's tie rule (supernet.tie_key), kept here for bench.py."""
     return SPACES["nb201"].tie_key(arch)
 
 
@@ -127,7 +128,8 @@ class OneShotAccuracy:
 
     def __init__(self, wt: dict, net_args: dict, config: dict, args):
         self.device = common.resolve_device(args.device)
-        self.net = SPACES[net_args["space"]].supernet(net_args).to(self.device)
+        self.space, self.net_args = SPACES[net_args["space"]], net_args
+        self.net = self.space.supernet(net_args).to(self.device)
         self.net.load_state_dict(wt)
         name, root = config["dataset"], args.data or config["data"]
         kw = dict(
@@ -168,11 +170,12 @@ class OneShotAccuracy:
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.reset_running_stats()
                     m.momentum = None  # cumulative moving average over the calibration batches
+            path = self.space.path(arch, self.net_args)  # the candidate in every cell
             self.net.train()
             for x, _ in self.calib:
-                self.net(x, arch)
+                self.net(x, path)
             self.net.eval()
-            hits = sum((self.net(x, arch).argmax(1) == y).sum().item() for x, y in self.held)
+            hits = sum((self.net(x, path).argmax(1) == y).sum().item() for x, y in self.held)
             scores.append(100.0 * hits / sum(len(y) for _, y in self.held))
         return scores
 

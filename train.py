@@ -9,7 +9,7 @@ search.py compares the two.
 Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
 arXiv:2101.11834, the supernet-training step with random labels (SPOS sampling of Guo et al.,
 ECCV 2020). Settings: SPEC.md 3 (the RECIPES table below); sampling: SPEC.md 2.1 (NB201), 2.2 (DARTS);
-pitfalls 1, 3, 4, 10. The space-specific parts come from supernet.SPACES.
+pitfalls 1, 3, 4, 10. The space-specific parts come from spaces.SPACES.
 
     python train.py --space nb201                                 # CIFAR-10, paper settings (250 epochs)
     python train.py --space darts --dataset cifar10               # DARTS space, CIFAR-10 supernet (SPEC 2.2, 3)
@@ -51,7 +51,8 @@ from data import (
     split_indices,
     subset_indices,
 )
-from supernet import SPACES, all_archs, str_to_arch
+from spaces import SPACES
+from supernet import all_archs, str_to_arch
 
 # ----------------------------------------------------------------------------------------------
 # The paper's settings per (space, network variant), SPEC 3. Every flag below whose default is None takes its

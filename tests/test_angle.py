@@ -1,14 +1,16 @@
-"""angle.py: the weight vector of SPEC 4.2, the reference angle, and the fast scorer against it."""
+"""angle.py: the weight vector of method.md §4.2, the reference angle, and the fast scorer against it."""
 
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY
 
 import angle as A
 import supernet as S
+from spaces import SPACES
 
 
 def perturbed(state, scale, seed):
@@ -37,7 +39,14 @@ def full_size():
 )
 def test_vector_lengths_match_spec_table(full_size, text, length):
     w0, _, args = full_size
-    assert A.weight_vector(w0, S.str_to_arch(text), args).numel() == length  # SPEC 4.2, C=16 N=5, 10 classes
+    assert A.weight_vector(w0, S.str_to_arch(text), args).numel() == length  # method.md §4.2, C=16 N=5, 10 classes
+    # weights on another device (meta stands in for a GPU: torch.cat refuses to mix it with CPU constants) or in
+    # another dtype give the same float64 vector there: the pooling constant is made beside the weights
+    on_meta = A.weight_vector({k: v.to("meta") for k, v in w0.items()}, S.str_to_arch(text), args)
+    assert on_meta.device.type == "meta" and on_meta.dtype == torch.float64 and on_meta.numel() == length
+    half = {k: v.half() for k, v in w0.items()}
+    v16 = A.weight_vector(half, S.str_to_arch(text), args)
+    assert v16.dtype == torch.float64 and torch.equal(v16, A.weight_vector(half, S.str_to_arch(text), args))
 
 
 def test_all_none_has_no_vector_and_angle_zero(full_size):
@@ -107,3 +116,51 @@ def test_float64_precision_matters():
     c64 = torch.dot(v0, vt) / (v0.norm() * vt.norm())
     assert abs(math.acos(min(1.0, c32.item())) - math.acos(c64.item())) > 1e-9
     assert abs(A.AngleScorer(w0, wt, args).angle((3,) * 6) - math.acos(c64.item())) < 1e-12
+
+
+def test_angle_from_is_the_formula_with_a_clamp():
+    # angle = arccos( <v0, vt> / (|v0| |vt|) ) against a direct float64 computation, then the edge cases
+    gen = torch.Generator().manual_seed(0)
+    v0, vt = torch.randn(50, generator=gen, dtype=torch.float64), torch.randn(50, generator=gen, dtype=torch.float64)
+    dot, sq0, sqt = A.segment_stats([v0[:20], v0[20:]], [vt[:20], vt[20:]]).tolist()  # two segments, summed
+    expected = math.acos(torch.dot(v0, vt).item() / (v0.norm().item() * vt.norm().item()))
+    assert abs(A.angle_from(dot, sq0, sqt) - expected) < 1e-12
+    assert A.angle_from(dot * 3, sq0 * 9, sqt) == pytest.approx(expected, abs=1e-12)  # scaling V0 keeps the angle
+    assert A.angle_from(sq0, sq0, sq0) == 0.0 and A.angle_from(0.0, sq0, sqt) == pytest.approx(math.pi / 2)
+    # round-off can push the cosine past 1 or -1: clamped, never NaN
+    np.testing.assert_array_equal(A.angle_from(np.array([1.0 + 1e-15, -1.0 - 1e-15]), np.ones(2), np.ones(2)), [0.0, math.pi])
+
+
+def tiny_state(space: str):
+    net_args = {
+        "nb201": dict(space="nb201", **TINY),
+        "darts": dict(space="darts", channels=4, layers=3, num_classes=5, variant="cifar", image_size=16),
+        "mobilenet": dict(space="mobilenet", num_classes=5, width=0.125, image_size=16),
+    }[space]
+    torch.manual_seed(0)
+    w0 = SPACES[space].supernet(net_args).state_dict()
+    return w0, perturbed(w0, 0.1, 1), net_args
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts", "mobilenet"])
+def test_scorers_read_the_device_once(space, monkeypatch):
+    # a scorer adds its per-segment numbers up where the weights are and copies the tables to the host in ONE
+    # transfer: no .item() or .tolist() per segment (each one waits for a GPU), a single .numpy()
+    w0, wt, net_args = tiny_state(space)
+    rng, choices = random.Random(0), SPACES[space].gene_choices(net_args)
+    archs = [SPACES[space].repair(tuple(rng.choice(c) for c in choices)) for _ in range(20)]
+    expected = SPACES[space].scorer(w0, wt, net_args).angles(archs)
+    reads = []
+
+    def refuse(self, *a):
+        raise AssertionError("a per-segment read from the device")
+
+    to_numpy = torch.Tensor.numpy
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    monkeypatch.setattr(torch.Tensor, "tolist", refuse)
+    monkeypatch.setattr(torch.Tensor, "numpy", lambda self, *a, **k: reads.append(1) or to_numpy(self, *a, **k))
+    scorer = SPACES[space].scorer(w0, wt, net_args)
+    assert len(reads) == 1
+    monkeypatch.undo()
+    np.testing.assert_array_equal(scorer.angles(archs), expected)
+    assert expected.max() > 0.01

@@ -123,7 +123,7 @@ def test_student_copy_changes_only_the_blocks_and_imports(student_runs):
             if rel not in files:
                 assert (copy / rel).read_bytes() == open(os.path.join(ROOT, rel), "rb").read(), rel
         assert K.pending(copy) == half
-    imports = "import random_labels, supernet, angle, evolution, train, search, retrain, bench"
+    imports = "import random_labels, supernet, angle, darts, mobilenet, spaces, evolution, train, search, retrain, bench"
     env = script_env(PYTHONPATH=str(copies[0]))
     subprocess.run([sys.executable, "-c", imports], cwd=copies[0], env=env, check=True, timeout=120)
 

@@ -1,4 +1,4 @@
-"""The DARTS space (SPEC 2.2/2.3, 4.3, 5, 7.2, 7.4): networks, sampling and repair, genotypes, angle, FLOPs, scripts."""
+"""darts.py (method.md §2.2/§2.3, §4.3, §5, §7.2, §7.4): networks, sampling and repair, genotypes, angle, FLOPs, scripts."""
 
 import json
 import math
@@ -10,17 +10,18 @@ import torch
 from test_errors import assert_user_error
 from test_scripts import run
 
-import angle as A
+import darts as D
 import supernet as S
+from spaces import SPACES
 
-SPACE = S.SPACES["darts"]
+SPACE = SPACES["darts"]
 
 
 def tiny_args(variant="cifar", size=16, **kw):
     return dict(space="darts", channels=4, layers=3, num_classes=5, variant=variant, image_size=size, **kw)
 
 
-# The searched genotypes of SPEC 7.4, in the DARTS notation (input index = source node).
+# The searched genotypes of method.md §7.4, in the DARTS notation (input index = source node).
 CIFAR_SEARCHED = (
     "Genotype(normal=[('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('dil_conv_3x3', 0), ('sep_conv_5x5', 2), "
     "('sep_conv_3x3', 0), ('dil_conv_5x5', 3), ('dil_conv_5x5', 1), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], "
@@ -33,7 +34,7 @@ IMAGENET_600M = (
     "reduce=[('sep_conv_3x3', 0), ('max_pool_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_conv_3x3', 0), "
     "('dil_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
 )
-IMAGENET_600M_GENES = (4, 4, 0, 3, 4, 0, 4, 4, 0, 3, 0, 0, 0, 4) + (4, 1, 4, 3, 0, 4, 6, 0, 0, 3, 4, 0, 0, 0)  # SPEC 7.4
+IMAGENET_600M_GENES = (4, 4, 0, 3, 4, 0, 4, 4, 0, 3, 0, 0, 0, 4) + (4, 1, 4, 3, 0, 4, 6, 0, 0, 3, 4, 0, 0, 0)  # method.md §7.4
 IMAGENET_FREE = (
     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2), "
     "('sep_conv_3x3', 0), ('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], normal_concat=[2, 3, 4, 5], "
@@ -45,9 +46,9 @@ IMAGENET_FREE = (
 # ----------------------------------------------------------------------------------------------
 # Networks
 def test_edge_indexing_and_reduction_positions():
-    assert S.NUM_DARTS_EDGES == 14 and [S.darts_edge(k, 5) for k in range(5)] == [9, 10, 11, 12, 13]
-    assert S.DARTS_NODE_EDGES == ((0, 1), (2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12, 13))  # SPEC 2.2
-    assert S.darts_reductions(8) == (2, 5) and S.darts_reductions(14) == (4, 9)  # C10; ImageNet 4N-R-4N-R-4N
+    assert D.NUM_DARTS_EDGES == 14 and [D.darts_edge(k, 5) for k in range(5)] == [9, 10, 11, 12, 13]
+    assert D.DARTS_NODE_EDGES == ((0, 1), (2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12, 13))  # method.md §2.2
+    assert D.darts_reductions(8) == (2, 5) and D.darts_reductions(14) == (4, 9)  # C10; ImageNet 4N-R-4N-R-4N
 
 
 @pytest.mark.parametrize("variant, size", [("cifar", 16), ("imagenet", 32)])
@@ -66,7 +67,7 @@ def test_supernet_shapes_and_only_sampled_ops_get_gradients(variant, size):
             cell, edge, op = net.cells[int(parts[1])], int(parts[3]), int(parts[4])
             chosen = arch[14:] if cell.reduction else arch[:14]
             assert (q.grad is not None) == (chosen[edge] == op), name  # forward(x, arch) runs only the sampled edges
-    # ImageNet stems: 3 -> C/2 -> C at 1/4, then C at 1/8; kaiming-uniform convs, Linear N(0, 0.01), bias 0 (SPEC 2.3)
+    # ImageNet stems: 3 -> C/2 -> C at 1/4, then C at 1/8; kaiming-uniform convs, Linear N(0, 0.01), bias 0 (method.md §2.3)
     if variant == "imagenet":
         assert net.stem0[0].weight.shape == (2, 3, 3, 3) and net.stem1[1].weight.shape == (4, 4, 3, 3)
         assert torch.all(net.classifier.bias == 0) and net.classifier.weight.std() < 0.02
@@ -77,12 +78,12 @@ def test_macro_shapes_match_spec():
         cifar = SPACE.supernet(dict(space="darts", channels=16, layers=8, num_classes=10, variant="cifar", image_size=32))
         inet_args = dict(space="darts", channels=48, layers=14, num_classes=1000, variant="imagenet", image_size=224)
         inet = SPACE.supernet(inet_args)
-    assert cifar.stem[0].weight.shape == (48, 3, 3, 3) and cifar.classifier.weight.shape == (10, 256)  # SPEC 2.2
+    assert cifar.stem[0].weight.shape == (48, 3, 3, 3) and cifar.classifier.weight.shape == (10, 256)  # method.md §2.2
     assert [c.reduction for c in cifar.cells] == [False, False, True, False, False, True, False, False]
     assert inet.classifier.weight.shape == (1000, 768) and [c.c for c in inet.cells] == [48] * 4 + [96] * 5 + [192] * 5
-    assert isinstance(inet.cells[0].preprocess0, S.FactorizedReduce)  # stem0 is 56x56, stem1 28x28
+    assert isinstance(inet.cells[0].preprocess0, D.FactorizedReduce)  # stem0 is 56x56, stem1 28x28
     assert isinstance(cifar.cells[0].edges["0"][3], torch.nn.Identity)  # stride-1 skip
-    assert isinstance(cifar.cells[2].edges["0"][3], S.FactorizedReduce)  # stride-2 skip
+    assert isinstance(cifar.cells[2].edges["0"][3], D.FactorizedReduce)  # stride-2 skip
     assert cifar.cells[0].edges["0"][1].bn is not None  # BN after every pooling op in the supernet
 
 
@@ -100,13 +101,13 @@ def test_stand_alone_network_with_auxiliary_head():
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampling and repair (SPEC 2.2)
+# Sampling and repair (method.md §2.2)
 def test_sampling_marginals_and_repair():
     args = tiny_args()
     gen = torch.Generator().manual_seed(0)
     archs = np.array([SPACE.sample_path(gen, args) for _ in range(3000)])  # (3000, 28)
     for cell in (0, 14):
-        for node, edges in enumerate(S.DARTS_NODE_EDGES):
+        for node, edges in enumerate(D.DARTS_NODE_EDGES):
             live = archs[:, [cell + e for e in edges]] != 0
             assert np.all(live.sum(1) == 2)  # exactly two inputs per node, in every sample
             expected_none = 1 - 2 / len(edges)  # 0, 1/3, 1/2, 3/5 for nodes 2..5
@@ -121,17 +122,17 @@ def test_sampling_marginals_and_repair():
         raw = tuple(int(g) for g in rng.integers(0, 8, 28))
         fixed = SPACE.repair(raw)
         assert fixed == SPACE.repair(raw) and SPACE.repair(fixed) == fixed  # deterministic, valid archs unchanged
-        assert all(sum(fixed[c + e] != 0 for e in edges) == 2 for c in (0, 14) for edges in S.DARTS_NODE_EDGES)
+        assert all(sum(fixed[c + e] != 0 for e in edges) == 2 for c in (0, 14) for edges in D.DARTS_NODE_EDGES)
 
 
 def test_mutation_choices_cover_the_reduction_genes():
     cifar, inet = SPACE.mutation_choices(tiny_args()), SPACE.mutation_choices(tiny_args("imagenet"))
     assert len(cifar) == 28 and cifar[20] == list(range(8))  # reduction genes mutate too (official: normal only)
-    assert inet[20] == list(range(1, 8))  # ImageNet: randint(1, 8), 'none' excluded (SPEC 5)
+    assert inet[20] == list(range(1, 8))  # ImageNet: randint(1, 8), 'none' excluded (method.md §5)
 
 
 # ----------------------------------------------------------------------------------------------
-# Genotypes (SPEC 7.4)
+# Genotypes (method.md §7.4)
 @pytest.mark.parametrize("text", [CIFAR_SEARCHED, IMAGENET_600M, IMAGENET_FREE])
 def test_genotype_round_trip(text):
     arch = SPACE.parse(text)
@@ -164,7 +165,7 @@ def test_genotype_parse_errors(text, words):
 
 
 # ----------------------------------------------------------------------------------------------
-# Angle (SPEC 4.3): fast == reference
+# Angle (method.md §4.3): fast == reference
 @pytest.mark.parametrize("variant, size", [("cifar", 16), ("imagenet", 32)])
 def test_fast_angle_matches_reference(variant, size):
     args = tiny_args(variant, size)
@@ -174,7 +175,7 @@ def test_fast_angle_matches_reference(variant, size):
     wt = {k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in w0.items()}
     archs = [SPACE.sample_path(gen, args) for _ in range(12)] + [SPACE.parse(CIFAR_SEARCHED)]
     fast = SPACE.scorer(w0, wt, args).angles(archs)
-    ref = [A.darts_angle_reference(w0, wt, a, args) for a in archs]
+    ref = [D.darts_angle_reference(w0, wt, a, args) for a in archs]
     assert np.allclose(fast, ref, rtol=0, atol=1e-10) and len(set(np.round(fast, 8))) > 5
     assert np.all(SPACE.scorer(w0, w0, args).angles(archs) < 1e-6)  # W0 against itself: angle 0
 
@@ -184,22 +185,30 @@ def test_weight_vector_contents():
     torch.manual_seed(0)
     w0 = SPACE.supernet(args).state_dict()
     skip = (3, 3) + (0,) * 12  # node 2 <- skip(0) + skip(1); nodes 3..5 empty in an unrepaired arch
-    v = A.darts_weight_vector(w0, skip + skip, args)
+    v = D.darts_weight_vector(w0, skip + skip, args)
     names = [n for n in w0 if not n.endswith(("_mean", "_var", "batches_tracked"))]  # parameters only
-    extra = sum(w0[k].numel() for k in A._darts_extra_names(args, names))
+    extra = sum(w0[k].numel() for k in D._darts_extra_names(args, names))
     # 3 cells: normal (C=4), reduction (C=8), reduction (C=16). Each keeps the 2 paths 0->2 and 1->2:
     # normal: eye(4) twice; reduction: FactorizedReduce(C, C) twice = conv_1, conv_2 (C/2, C, 1, 1) + BN gamma, beta
     fr = {c: 2 * (c // 2 * c) + 2 * c for c in (8, 16)}
     assert v.numel() == 2 * 16 + 2 * fr[8] + 2 * fr[16] + extra
-    assert "classifier.bias" not in A._darts_extra_names(args, list(w0))  # CIFAR: classifier weight only (SPEC 4.5)
+    assert "classifier.bias" not in D._darts_extra_names(args, list(w0))  # CIFAR: classifier weight only (method.md §4.5)
     dil = (6, 6) + (0,) * 12
-    parts = A._darts_edge_parts(w0, 0, 0, 6, 4, False)
+    parts = D._darts_edge_parts(w0, 0, 0, 6, 4, False)
     assert parts[-1] is w0["cells.0.edges.0.6.bn.bias"]  # the dil_conv bias fix (official: gamma twice)
-    assert A.darts_weight_vector(w0, dil + dil, args) is not None
+    assert D.darts_weight_vector(w0, dil + dil, args) is not None
+    # the constants (eye(C) of a skip, 1/9 of a pool) are made on the weights' device, in float64: on the meta
+    # device (a stand-in for a GPU, which torch.cat refuses to mix with CPU tensors) the vector has the same length
+    pools = (3, 2) + (0,) * 12  # node 2 <- skip(0) + avg_pool(1)
+    meta = {k: v.to("meta") for k, v in w0.items()}
+    for arch in (skip + skip, pools + pools):
+        on_meta = D.darts_weight_vector(meta, arch, args)
+        assert on_meta.device.type == "meta" and on_meta.shape == D.darts_weight_vector(w0, arch, args).shape
+    assert D.darts_weight_vector({k: v.half() for k, v in w0.items()}, pools + pools, args).dtype == torch.float64
 
 
 # ----------------------------------------------------------------------------------------------
-# FLOPs and the Table 3 check (SPEC 7.2)
+# FLOPs and the Table 3 check (method.md §7.2)
 def test_flops_table_equals_a_direct_flop_counter_count():
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -254,7 +263,7 @@ def test_cifar_train_search_retrain(tmp_path):
               "--epochs", 1, "--out", sn)  # fmt: skip
     assert "lr" in res.stdout
     config = json.load(open(sn / "config.json"))
-    assert config["wd"] == 3e-4 and config["grad_clip"] == 5.0 and config["clip_mode"] == "norm"  # SPEC 3, C10 column
+    assert config["wd"] == 3e-4 and config["grad_clip"] == 5.0 and config["clip_mode"] == "norm"  # method.md §3, C10 column
     ckpt = torch.load(sn / "supernet.pt", weights_only=True)
     net_args = ckpt["supernet_args"]
     limit = median_flops(net_args)
@@ -284,7 +293,7 @@ def test_imagenet_train_search_retrain(tmp_path):
         *toy_flags(8), "--epochs", 1, "--out", sn)  # fmt: skip
     config = json.load(open(sn / "config.json"))
     recipe = (config["variant"], config["lr_schedule"], config["clip_mode"], config["wd_on"])
-    assert recipe == ("imagenet", "linear", "value", "conv")  # SPEC 3, DARTS ImageNet column
+    assert recipe == ("imagenet", "linear", "value", "conv")  # method.md §3, DARTS ImageNet column
     assert config["label_smoothing"] == 0.1 and config["epochs"] == 1
     log = [json.loads(line) for line in open(sn / "log.jsonl")]
     assert math.isclose(log[-1]["lr"], 5e-4)  # the linear schedule reaches its floor at the last step

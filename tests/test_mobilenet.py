@@ -1,4 +1,4 @@
-"""MobileNet space (SPEC 2.4, 4.4, 5, 7.3, 7.4): supernet, model_id, sampling, angle, FLOPs table, Table 5 sizes."""
+"""MobileNet space (method.md §2.4, §4.4, §5, §7.3, §7.4): supernet, model_id, sampling, angle, FLOPs table, Table 5 sizes."""
 
 import json
 import math
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import angle as A
-import supernet as S
+import mobilenet as M
+from spaces import SPACES
 
 WIDTH, K = 0.125, 5  # a tiny supernet: 5..216 channels, 0.6M parameters
 ARGS = dict(space="mobilenet", num_classes=K, width=WIDTH, image_size=16)
@@ -28,30 +28,30 @@ def direct_madds(model, size):
 
 def random_archs(n, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [S.mb_sample(gen) for _ in range(n)]
+    return [M.mb_sample(gen) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return S.MobileNetSupernet(K, WIDTH)
+    return M.MobileNetSupernet(K, WIDTH)
 
 
 def test_layout_matches_spec():
-    blocks = S.mb_blocks()
+    blocks = M.mb_blocks()
     assert len(blocks) == 21 and blocks[0] == (24, 32, 2) and blocks[4] == (32, 56, 2) and blocks[20] == (256, 432, 1)
     assert [b for b, (i, o, s) in enumerate(blocks) if s == 2] == [0, 4, 8, 16]
-    allowed = [b for b, c in enumerate(S.MB_CHOICES) if S.MB_IDENTITY in c]
-    assert allowed == [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19]  # SPEC 2.4
+    allowed = [b for b, c in enumerate(M.MB_CHOICES) if M.MB_IDENTITY in c]
+    assert allowed == [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19]  # method.md §2.4
     assert all(blocks[b][0] == blocks[b][1] and blocks[b][2] == 1 for b in allowed)  # identity only where shapes allow
-    assert math.prod(len(c) for c in S.MB_CHOICES) == 6**6 * 7**15
+    assert math.prod(len(c) for c in M.MB_CHOICES) == 6**6 * 7**15
 
 
 def test_shapes_at_toy_sizes(tiny):
-    for arch in random_archs(3) + [S.MB_OFFICIAL, (0,) * 21]:
+    for arch in random_archs(3) + [M.MB_OFFICIAL, (0,) * 21]:
         for size in (8, 16, 33):
             assert tiny(torch.randn(2, 3, size, size), arch).shape == (2, K)
-    net = S.MobileNetSubnet(S.MB_OFFICIAL, K, WIDTH)
+    net = M.MobileNetSubnet(M.MB_OFFICIAL, K, WIDTH)
     assert len(net.blocks) == 20  # the one identity block is removed
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, K)
 
@@ -64,9 +64,9 @@ def test_init_follows_spec(tiny):
 
 
 def test_supernet_path_equals_subnet_with_its_weights(tiny):
-    arch = S.MB_OFFICIAL
-    sub = S.MobileNetSubnet(arch, K, WIDTH)
-    kept = [b for b, c in enumerate(arch) if c != S.MB_IDENTITY]
+    arch = M.MB_OFFICIAL
+    sub = M.MobileNetSubnet(arch, K, WIDTH)
+    kept = [b for b, c in enumerate(arch) if c != M.MB_IDENTITY]
     state = {}
     for name, t in tiny.state_dict().items():
         parts = name.split(".")
@@ -94,7 +94,7 @@ def test_only_the_sampled_ops_get_gradients(tiny):
 def test_sampling_is_uniform_per_block_and_reproducible():
     archs = random_archs(2800, seed=1)
     assert archs[:5] == random_archs(5, seed=1)  # same seed (every DDP rank) -> same paths
-    for b, choices in enumerate(S.MB_CHOICES):
+    for b, choices in enumerate(M.MB_CHOICES):
         counts = Counter(a[b] for a in archs)
         assert set(counts) == set(choices), b
         expected = len(archs) / len(choices)
@@ -102,11 +102,11 @@ def test_sampling_is_uniform_per_block_and_reproducible():
 
 
 def test_model_id_round_trip_and_errors():
-    text = "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2"  # SPEC 7.4
-    assert S.mb_parse(text) == S.MB_OFFICIAL and S.mb_format(S.MB_OFFICIAL) == text
-    assert S.mb_parse("[2, 0, -1, 2, 2, 0, 2, 4, 0, 4, 4, 2, 4, 2, 4, 2, 0, 0, 0, 2, 2]") == S.MB_OFFICIAL
+    text = "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2"  # method.md §7.4
+    assert M.mb_parse(text) == M.MB_OFFICIAL and M.mb_format(M.MB_OFFICIAL) == text
+    assert M.mb_parse("[2, 0, -1, 2, 2, 0, 2, 4, 0, 4, 4, 2, 4, 2, 4, 2, 0, 0, 0, 2, 2]") == M.MB_OFFICIAL
     for arch in random_archs(20):
-        assert S.mb_parse(S.mb_format(arch)) == arch
+        assert M.mb_parse(M.mb_format(arch)) == arch
     bad = {
         "2 0 -1": "21 block choices, got 3",
         text.replace("-1", "7"): "block 2: 7 is not a choice",
@@ -115,7 +115,7 @@ def test_model_id_round_trip_and_errors():
     }
     for wrong, message in bad.items():
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
-            S.mb_parse(wrong)
+            M.mb_parse(wrong)
         assert "\n" not in str(err.value)
 
 
@@ -123,66 +123,70 @@ def test_fast_angle_equals_reference(tiny):
     w0 = {k: v.clone() for k, v in tiny.state_dict().items()}
     gen = torch.Generator().manual_seed(5)
     wt = {k: v + 0.1 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in w0.items()}
-    archs = random_archs(40) + [S.MB_OFFICIAL, (0,) * 21, tuple(-1 if -1 in c else 5 for c in S.MB_CHOICES)]
-    fast = A.MBAngleScorer(w0, wt, ARGS).angles(archs)
-    ref = [A.mb_angle_reference(w0, wt, a, ARGS) for a in archs]
+    archs = random_archs(40) + [M.MB_OFFICIAL, (0,) * 21, tuple(-1 if -1 in c else 5 for c in M.MB_CHOICES)]
+    fast = M.MBAngleScorer(w0, wt, ARGS).angles(archs)
+    ref = [M.mb_angle_reference(w0, wt, a, ARGS) for a in archs]
     np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-12)
     assert len(set(np.round(fast, 9))) > 35 and all(0 < t < math.pi / 2 for t in fast)
-    assert np.allclose(A.MBAngleScorer(w0, w0, ARGS).angles(archs), 0.0, atol=1e-6)  # W0 vs itself: 0 rad
+    assert np.allclose(M.MBAngleScorer(w0, w0, ARGS).angles(archs), 0.0, atol=1e-6)  # W0 vs itself: 0 rad
 
 
 def test_weight_vector_contents(tiny):
     state = tiny.state_dict()
-    arch = S.MB_OFFICIAL
-    v = A.mb_weight_vector(state, arch, ARGS)
-    fixed = sum(state[n].numel() for n in A.MB_FIXED)
-    blocks = S.mb_blocks(WIDTH)
+    arch = M.MB_OFFICIAL
+    v = M.mb_weight_vector(state, arch, ARGS)
+    fixed = sum(state[n].numel() for n in M.MB_FIXED)
+    blocks = M.mb_blocks(WIDTH)
     per_block = [
-        blocks[b][1] * blocks[b][0] if c == -1 else sum(state[n].numel() for n in A._mb_op_names(b, c))
+        blocks[b][1] * blocks[b][0] if c == -1 else sum(state[n].numel() for n in M._mb_op_names(b, c))
         for b, c in enumerate(arch)
     ]
     assert v.numel() == fixed + sum(per_block)
-    # no BN in the fixed part, no classifier bias, no projection BN (SPEC 4.5)
-    assert "classifier.bias" not in A.MB_FIXED and not any("bn3" in p for p in A.MB_OP_PARTS)
+    # no BN in the fixed part, no classifier bias, no projection BN (method.md §4.5)
+    assert "classifier.bias" not in M.MB_FIXED and not any("bn3" in p for p in M.MB_OP_PARTS)
     start = fixed + sum(per_block[:2])  # block 2 is the identity: eye(C) flattened
     c = blocks[2][0]
     assert torch.equal(v[start : start + c * c], torch.eye(c, dtype=torch.float64).flatten())
+    # the eye(C) constants are made on the weights' device (meta stands in for a GPU here) and in float64
+    on_meta = M.mb_weight_vector({k: t.to("meta") for k, t in state.items()}, arch, ARGS)
+    assert on_meta.device.type == "meta" and on_meta.shape == v.shape
+    assert M.mb_weight_vector({k: t.half() for k, t in state.items()}, arch, ARGS).dtype == torch.float64
 
 
 def test_flops_table_equals_direct_count():
     for size in (16, 33):  # 33: odd sides exercise the floor in every strided conv
-        for arch in random_archs(3, seed=size) + [S.MB_OFFICIAL]:
-            net = S.MobileNetSubnet(arch, K, WIDTH)
-            assert S.mb_flops(arch, size, WIDTH, K) == direct_madds(net, size), (size, arch)
-            assert S.mb_params(arch, WIDTH, K) == sum(p.numel() for p in net.parameters())
-    identity = tuple(-1 if -1 in c else 0 for c in S.MB_CHOICES)
-    assert S.mb_flops(identity, 32, WIDTH, K) < S.mb_flops((0,) * 21, 32, WIDTH, K) < S.mb_flops((5,) * 21, 32, WIDTH, K)
+        for arch in random_archs(3, seed=size) + [M.MB_OFFICIAL]:
+            net = M.MobileNetSubnet(arch, K, WIDTH)
+            assert M.mb_flops(arch, size, WIDTH, K) == direct_madds(net, size), (size, arch)
+            assert M.mb_params(arch, WIDTH, K) == sum(p.numel() for p in net.parameters())
+    identity = tuple(-1 if -1 in c else 0 for c in M.MB_CHOICES)
+    assert M.mb_flops(identity, 32, WIDTH, K) < M.mb_flops((0,) * 21, 32, WIDTH, K) < M.mb_flops((5,) * 21, 32, WIDTH, K)
 
 
 def test_table5_params_and_madds():
-    """SPEC 7.3/7.4: the searched model_id is 5.3M parameters and 473M multiply-adds at 224 px (paper Table 5)."""
+    """method.md §7.3/§7.4: the searched model_id is 5.3M parameters and 473M multiply-adds at 224 px (paper Table 5)."""
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        net = S.MobileNetSubnet(S.MB_OFFICIAL, num_classes=1000)
+        net = M.MobileNetSubnet(M.MB_OFFICIAL, num_classes=1000)
     params = sum(p.numel() for p in net.parameters())
-    madds = S.mb_flops(S.MB_OFFICIAL, 224, 1.0, 1000)
+    madds = M.mb_flops(M.MB_OFFICIAL, 224, 1.0, 1000)
     assert madds == direct_madds(net, 224)  # the table and torch's counter agree on the full-size network too
-    assert params == S.mb_params(S.MB_OFFICIAL) == 5_255_648  # -0.8% vs 5.3M
+    assert params == M.mb_params(M.MB_OFFICIAL) == 5_255_648  # -0.8% vs 5.3M
     assert madds == 471_521_184  # -0.3% vs 473M
     assert abs(params / 5.3e6 - 1) < 0.02 and abs(madds / 473e6 - 1) < 0.02
 
 
 def test_space_interface():
-    space = S.MobileNetSpace()
+    space = SPACES["mobilenet"]
     model = space.supernet(ARGS)
-    assert model.args == ARGS and isinstance(model, S.MobileNetSupernet)
+    assert model.args == ARGS and isinstance(model, M.MobileNetSupernet)
     arch = space.sample_path(torch.Generator().manual_seed(0), ARGS)
     assert space.parse(space.format(arch)) == arch and space.repair(arch) == arch
-    assert space.gene_choices(ARGS) == space.mutation_choices(ARGS) == [list(c) for c in S.MB_CHOICES]
+    assert space.gene_choices(ARGS) == space.mutation_choices(ARGS) == [list(c) for c in M.MB_CHOICES]
     state = model.state_dict()
     assert space.scorer(state, state, ARGS).angles([arch]).shape == (1,)
-    assert space.flops(arch, ARGS) == S.mb_flops(arch, 16, WIDTH, K)
+    assert space.flops(arch, ARGS) == M.mb_flops(arch, 16, WIDTH, K)
     assert space.network(arch, ARGS).dropout == 0.2 and space.network(arch, {**ARGS, "dropout": 0.5}).dropout == 0.5
-    assert S.SPACES["mobilenet"] is not None and space.all_archs(ARGS) is None
+    assert SPACES["mobilenet"] is space and space.all_archs(ARGS) is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +208,7 @@ def test_train_search_retrain_scripts(mb_run):
     out, stdout, run = mb_run
     assert "mobilenet supernet" in stdout and "ETA" in stdout
     config = json.load(open(out / "config.json"))
-    # SPEC 3 recipe filled in: linear per-iteration lr 0.25 -> 5e-4, label smoothing, conv+fc wd, clip by value
+    # method.md §3 recipe filled in: linear per-iteration lr 0.25 -> 5e-4, label smoothing, conv+fc wd, clip by value
     assert (config["lr"], config["lr_min"], config["lr_schedule"], config["epochs"]) == (0.25, 5e-4, "linear", 2)
     assert (config["wd"], config["wd_on"], config["clip_mode"], config["label_smoothing"]) == (4e-5, "conv+fc", "value", 0.1)
     net_args = torch.load(out / "supernet.pt", weights_only=True)["supernet_args"]
@@ -215,11 +219,11 @@ def test_train_search_retrain_scripts(mb_run):
     res = run("search.py", "--ckpt", out / "supernet.pt", *FAST_SEARCH, "--max-flops", limit, "--out", out / "s.json")
     found = json.load(open(out / "s.json"))
     assert found["settings"]["max_flops"] == limit and len(found["evaluated"]) == 36
-    flops = [S.mb_flops(S.mb_parse(a), 32, WIDTH, 10) for a, _ in found["evaluated"]]
-    assert max(flops) <= limit * 1e6 < S.mb_flops((5,) * 21, 32, WIDTH, 10)
-    assert S.mb_flops(S.mb_parse(found["winner"]["arch"]), 32, WIDTH, 10) <= limit * 1e6
+    flops = [M.mb_flops(M.mb_parse(a), 32, WIDTH, 10) for a, _ in found["evaluated"]]
+    assert max(flops) <= limit * 1e6 < M.mb_flops((5,) * 21, 32, WIDTH, 10)
+    assert M.mb_flops(M.mb_parse(found["winner"]["arch"]), 32, WIDTH, 10) <= limit * 1e6
     assert "winner:" in res.stdout and "M multiply-adds" in res.stdout
-    import search  # the default (SPEC 5) settings: population 50, top-10, 25 + 25 children, 20 generations, 475M
+    import search  # the default (method.md §5) settings: population 50, top-10, 25 + 25 children, 20 generations, 475M
 
     assert search.RECIPES["mobilenet"] == dict(
         population=50, topk=10, mutations=25, crossovers=25, mutation_prob=0.1, generations=20, max_flops=475.0
@@ -227,9 +231,9 @@ def test_train_search_retrain_scripts(mb_run):
 
     # retrain: --count-only, then one epoch of the winner
     res = run("retrain.py", "--ckpt-search", out / "s.json", *TINY_MB.split(), "--count-only")
-    winner = S.mb_parse(found["winner"]["arch"])
-    assert f"{S.mb_params(winner, WIDTH, 10):,} parameters" in res.stdout
-    assert f"{S.mb_flops(winner, 32, WIDTH, 10) / 1e6:.1f}M multiply-adds" in res.stdout
+    winner = M.mb_parse(found["winner"]["arch"])
+    assert f"{M.mb_params(winner, WIDTH, 10):,} parameters" in res.stdout
+    assert f"{M.mb_flops(winner, 32, WIDTH, 10) / 1e6:.1f}M multiply-adds" in res.stdout
     assert not os.path.exists(out.parent / "rt")
     res = run("retrain.py", "--ckpt-search", out / "s.json", *TINY_MB.split(), "--epochs", 1, "--out", out.parent / "rt")
     log = [json.loads(line) for line in open(out.parent / "rt" / "log.jsonl")]

@@ -47,7 +47,7 @@ def test_check_arch_rejects_bad_tuples():
 
 
 def test_sampling_redraws_dead_nodes_and_matches_official_marginals():
-    # SPEC 2.1: edge 1<-0 is never 'none'; no node has all inputs 'none'; edges into node 2 are 'none' with
+    # method.md §2.1: edge 1<-0 is never 'none'; no node has all inputs 'none'; edges into node 2 are 'none' with
     # probability (1/25)/(24/25)... = 4/24 = 0.167, into node 3 ~0.194.
     gen = torch.Generator().manual_seed(0)
     counts = collections.Counter()
@@ -77,13 +77,15 @@ def test_macro_shapes_and_parameter_counts():
     net = S.Supernet()
     assert len(net.cells) == 17 and net.searchable == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16]
     assert isinstance(net.cells[5], S.ResNetBlock) and isinstance(net.cells[11], S.ResNetBlock)
-    # cell BN is affine=False with running stats (SPEC 2.1): no BN parameters inside cells
+    # cell BN is affine=False with running stats (method.md §2.1): no BN parameters inside cells
     bn = net.cells[0].edges["1<-0"][3].op[2]
     assert not bn.affine and bn.track_running_stats
-    # the smallest NB201 model (all skips) has 73,306 parameters (SPEC 4.2)
+    # the smallest NB201 model (all skips) has 73,306 parameters (method.md §4.2)
     assert sum(p.numel() for p in S.Subnet((1,) * 6).parameters()) == 73306
     x = torch.randn(2, 3, 32, 32)
-    assert net(x, (3,) * 6).shape == (2, 10)
+    assert net(x, S.shared_path((3,) * 6, 15)).shape == (2, 10)
+    with pytest.raises(AssertionError, match="15 cell genotypes"):
+        net(x, (3,) * 6)  # one form of path only: a genotype per searchable cell
     assert net(x, S.sample_path(torch.Generator().manual_seed(0), 15)).shape == (2, 10)
     assert "2<-1" in repr(net.cells[0])
 
@@ -130,7 +132,7 @@ def test_supernet_path_equals_standalone_subnet(arch):
     for mode in (True, False):
         net.train(mode)
         sub.train(mode)
-        torch.testing.assert_close(net(x, arch), sub(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(net(x, S.shared_path(arch, len(net.searchable))), sub(x), rtol=0, atol=1e-6)
 
 
 def test_count_params_matches_the_built_network():
