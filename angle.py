@@ -158,6 +158,40 @@ def angle_reference(w0: dict, wt: dict, arch, args: dict) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
+# Which parts of the supernet enter V(a, W) (method.md §4.6). The official vector (default) is the cell ops along the
+# paths plus, once, the stem and head ("ends") and the two reduction blocks. Those fixed parts are in every
+# architecture's vector, so for small cells they dominate the angle; the ablations leave them out to show which
+# part carries the ranking. The cell-op segments are the same precomputed numbers in every variant.
+VECTORS = {
+    "official": ("cells", "ends", "reductions"),
+    "cells": ("cells",),
+    "cells+reductions": ("cells", "reductions"),
+    "cells+stem+head": ("cells", "ends"),
+}
+
+
+def _fixed_names(state: dict, args: dict) -> tuple[list[str], list[str]]:
+    """Parameter names of the stem and head (in vector order: stem first, head last) and of the reduction blocks."""
+    reduce = tuple(f"cells.{p}." for p, kind in enumerate(cell_layout(args["layers"])) if kind == "reduce")
+    return list(HEAD) + list(TAIL), [n for n in parameter_names(state) if n.startswith(reduce)]
+
+
+def movement(w0: dict, wt: dict, args: dict) -> dict[str, float]:
+    """How far each part of the supernet has moved from W0, in degrees: stem + head, reduction blocks, cell ops.
+
+    The cell ops are all conv weights of all searchable cells (every candidate op, sampled or not). Logged beside
+    the tau by train.py --track-tau so the tau-vs-epoch curve of each vector variant can be read.
+    """
+    ends, reductions = _fixed_names(w0, args)
+    cells = [n for n in parameter_names(w0) if n.startswith("cells.") and ".edges." in n]
+    moved = {}
+    for part, names in (("stem+head", ends), ("reductions", reductions), ("cell ops", cells)):
+        dot, sq0, sqt = to_host(segment_stats([w0[n] for n in names], [wt[n] for n in names]))[0].tolist()
+        moved[part] = float(np.degrees(angle_from(dot, sq0, sqt)))
+    return moved
+
+
+# ----------------------------------------------------------------------------------------------
 # RLNAS: the fast implementation. Because the vector is a concatenation of segments,
 #   <V0, Vt> = sum over segments s (with multiplicity) of <w0_s, wt_s>,
 # and likewise |V0|^2 and |Vt|^2. Precompute (dot, n0, nt) per segment once; every angle is then
@@ -166,26 +200,29 @@ def angle_reference(w0: dict, wt: dict, arch, args: dict) -> float:
 class AngleScorer:
     """Angles of NB201 architectures from two supernet state_dicts (W0 and Wt, on any one device).
 
-    scorer = AngleScorer(w0_state, wt_state, supernet_args)
+    scorer = AngleScorer(w0_state, wt_state, supernet_args)          # vector="official" (or an ablation of VECTORS)
     scorer.angles(archs)  # (M, 6) ints -> (M,) float64 radians, 0 for disconnected cells
     """
 
-    def __init__(self, w0: dict, wt: dict, args: dict):
-        layout = cell_layout(args["layers"])
-        # Fixed part, present once whenever at least one path survives: head, both reduction blocks, tail.
-        fixed = list(HEAD) + list(TAIL)
-        reduce = tuple(f"cells.{p}." for p, kind in enumerate(layout) if kind == "reduce")
-        fixed += [n for n in parameter_names(w0) if n.startswith(reduce)]
-        fixed_stats = segment_stats([w0[n] for n in fixed], [wt[n] for n in fixed])  # (3,) = dot, |w0|^2, |wt|^2
+    def __init__(self, w0: dict, wt: dict, args: dict, vector: str = "official"):
+        if vector not in VECTORS:
+            raise ValueError(f"unknown weight vector {vector!r}; choose one of {', '.join(VECTORS)}")
+        self.vector = vector
+        # Fixed parts, present once whenever at least one path survives: the ends (stem + head) and the two
+        # reduction blocks. The official vector has both; the ablations of VECTORS leave one or both out.
+        ends, reductions = _fixed_names(w0, args)
+        ends_stats = segment_stats([w0[n] for n in ends], [wt[n] for n in ends])  # (3,) = dot, |w0|^2, |wt|^2
+        red_stats = segment_stats([w0[n] for n in reductions], [wt[n] for n in reductions])  # (3,)
         # table[g, o] = sum over the 3N searchable cells of the stats of op o on edge g (the genotype is shared).
-        table = torch.zeros((len(EDGE_KEYS), len(OPS), 3), dtype=torch.float64, device=fixed_stats.device)  # (E, K, 3)
+        table = torch.zeros((len(EDGE_KEYS), len(OPS), 3), dtype=torch.float64, device=ends_stats.device)  # (E, K, 3)
         for pos, c in _cell_channels(args).items():
             for g in range(len(EDGE_KEYS)):
                 for op in (CONV1, CONV3):
                     name = _op_weight(pos, g, op)
                     table[g, op] += segment_stats([w0[name]], [wt[name]])
                 table[g, POOL] += c * 9 / 81.0  # the constant 1/9 [C,3,3] tensor: dot = n0 = nt = C*9/81
-        self.fixed, self.table = to_host(fixed_stats, table)  # (3,), (E, K, 3)
+        ends_stats, red_stats, self.table = to_host(ends_stats, red_stats, table)  # (3,), (3,), (E, K, 3)
+        self.fixed = ("ends" in VECTORS[vector]) * ends_stats + ("reductions" in VECTORS[vector]) * red_stats
 
     def angles(self, archs) -> np.ndarray:
         a = np.asarray(archs, dtype=np.int64).reshape(-1, len(EDGE_KEYS))  # (M, E)
@@ -198,7 +235,8 @@ class AngleScorer:
             alive_any |= alive
         total += alive_any[:, None] * self.fixed
         theta = angle_from(total[:, 0], total[:, 1], total[:, 2])  # (M,)
-        return np.where(alive_any, theta, 0.0)  # disconnected cells score 0 and rank last
+        # disconnected cells score 0 and rank last; so does an empty vector (the 'cells' ablation of a skip-only cell)
+        return np.where(alive_any & (total[:, 1] > 0), theta, 0.0)
 
     def angle(self, arch) -> float:
         return float(self.angles([arch])[0])

@@ -164,3 +164,78 @@ def test_scorers_read_the_device_once(space, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(scorer.angles(archs), expected)
     assert expected.max() > 0.01
+
+
+def literal_vector(state, arch, args, parts):
+    """The vector of a VECTORS variant built literally, independently of angle.py's loops: per path that has no
+    'none', per searchable cell, the weights of its edges; then, once, the parts the variant keeps."""
+    cells, reduce = [], []
+    for pos, kind in enumerate(S.cell_layout(args["layers"])):
+        (reduce if kind == "reduce" else cells).append(pos)
+    c_of = {pos: args["channels"] * 2 ** sum(r < pos for r in reduce) for pos in cells}
+    out, alive = [], False
+    for path in A.PATHS:
+        if any(arch[g] == 0 for g in path):
+            continue
+        alive = True
+        for pos in cells:
+            for g in path:
+                if arch[g] in (2, 3):
+                    out.append(state[f"cells.{pos}.edges.{S.EDGE_KEYS[g]}.{arch[g]}.op.1.weight"])
+                elif arch[g] == 4:
+                    out.append(torch.full((c_of[pos], 3, 3), 1 / 9, dtype=torch.float64))
+    if not alive:
+        return None
+    if "ends" in parts:
+        out += [state[n] for n in A.HEAD + A.TAIL]
+    if "reductions" in parts:
+        out += [
+            v
+            for n, v in state.items()
+            if n.startswith(tuple(f"cells.{r}." for r in reduce)) and "running" not in n and "num_batches" not in n
+        ]
+    return torch.cat([p.double().flatten() for p in out]) if out else torch.zeros(0, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("vector", sorted(A.VECTORS))
+def test_vector_variants_equal_their_literal_construction(vector):
+    torch.manual_seed(0)
+    net = S.Supernet(**TINY)
+    w0 = net.state_dict()
+    wt = perturbed(w0, 0.1, 3)
+    scorer = A.AngleScorer(w0, wt, net.args, vector=vector)
+    rng = random.Random(0)
+    archs = [(3, 1, 1, 1, 1, 1), (1, 0, 0, 1, 0, 0), (4, 4, 4, 4, 4, 4), (0,) * 6] + [
+        tuple(rng.randrange(5) for _ in range(6)) for _ in range(60)
+    ]
+    for arch in archs:
+        v0, vt = (literal_vector(s, arch, net.args, A.VECTORS[vector]) for s in (w0, wt))
+        if v0 is None or v0.numel() == 0:
+            assert scorer.angle(arch) == 0.0, (vector, arch)  # disconnected, or nothing of the variant on its paths
+            continue
+        # compared as cosines: arccos is ill-conditioned near 0 (a pool-only cell of the 'cells' variant)
+        cos = (torch.dot(v0, vt) / (v0.norm() * vt.norm())).item()
+        assert abs(math.cos(scorer.angle(arch)) - cos) < 1e-12, (vector, arch)
+
+
+def test_official_vector_is_the_default_and_unchanged(full_size):
+    w0, wt, args = full_size
+    archs = S.all_archs()
+    default = A.AngleScorer(w0, wt, args).angles(archs)
+    assert np.array_equal(default, A.AngleScorer(w0, wt, args, vector="official").angles(archs))
+    ablated = A.AngleScorer(w0, wt, args, vector="cells").angles(archs)
+    assert not np.allclose(default, ablated)  # the variants are different metrics
+    with pytest.raises(ValueError, match="unknown weight vector"):
+        A.AngleScorer(w0, wt, args, vector="all")
+
+
+def test_movement_per_part():
+    torch.manual_seed(0)
+    net = S.Supernet(**TINY)
+    w0 = net.state_dict()
+    moved = A.movement(w0, w0, net.args)
+    assert set(moved) == {"stem+head", "reductions", "cell ops"} and all(abs(v) < 1e-5 for v in moved.values())
+    # move only the stem: only the stem+head angle changes
+    wt = {k: (-v if k == "stem.0.weight" else v) for k, v in w0.items()}
+    moved = A.movement(w0, wt, net.args)
+    assert moved["stem+head"] > 1 and moved["reductions"] < 1e-5 and moved["cell ops"] < 1e-5
