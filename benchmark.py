@@ -1,35 +1,48 @@
-"""NAS-Bench-201 ground truth and Kendall tau-b: how good is the ranking the angle gives?
+"""How good is the search? NAS-Bench-201 ground truth, Kendall tau-b, the baseline fitnesses and the report.
 
 RLNAS never looks at real accuracies during search. On NAS-Bench-201 every one of the 15,625
 architectures has been trained to convergence, so the searched architecture can be looked up, and
-the whole angle ranking can be compared with the true one. This module reads that ground truth from
-a CSV and computes Kendall's tau-b between any scores (angles) and the benchmark's test accuracies.
+the whole angle ranking can be compared with the true one. This module reads that ground truth (the
+table shipped in benchmarks/, or any CSV of the same form), computes Kendall's tau-b between any scores
+(angles) and the benchmark's test accuracies, holds the fitnesses the angle is compared with (one-shot
+accuracy, parameter count, random score), and prints and plots the comparison.
 
   - Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021, arXiv:2101.11834,
-    the NAS-Bench-201 experiments (Table 1 and the angle-vs-accuracy rank correlation; SPEC.md 7.1, 7.5).
-  - Benchmark: "NAS-Bench-201", Dong and Yang, ICLR 2020; the 200-epoch ("hp=200") test accuracies.
+    the NAS-Bench-201 experiments (paper Sec. 4, Table 1 and the angle-vs-accuracy rank correlation;
+    method.md §7.1, §7.5).
+  - Benchmark: "NAS-Bench-201", Dong and Yang, ICLR 2020; the 200-epoch ("hp=200") test accuracies
+    (benchmarks/README.md: provenance, licence, and the NATS-Bench call that regenerates the table).
 
-How it is used: search.py --benchmark FILE prints each top-k arch's true accuracy and rank and the
-tau of everything scored so far; train.py --track-tau uses kendall_tau_b during training.
+How it is used: search.py prints each top-k arch's true accuracy and rank and the tau of everything
+scored so far (the shipped table by default for NB201, --benchmark FILE for another); train.py
+--track-tau uses kendall_tau_b during training.
 
-    bench = load_benchmark("nb201-accuracy.csv", str_to_arch)   # str_to_arch from supernet.py
+    bench = load_benchmark(default_benchmark("nb201"), str_to_arch)   # str_to_arch from supernet.py
     bench.accuracy(arch, "cifar10"), bench.rank(arch, "cifar10"), bench.tau(angles, "cifar10")
 
 Tau here is tau-b, which counts tied values as ties. The official script instead gives both lists
-unique ranks (ties broken arbitrarily, pitfall 11), so its numbers can differ slightly from ours,
-mostly through the many tied angles of disconnected cells (all exactly 0).
+unique ranks (ties broken arbitrarily, method.md pitfall 11), so its numbers can differ slightly from
+ours, mostly through the many tied angles of disconnected cells (all exactly 0).
 Check it with: python -m pytest -q tests/test_benchmark.py
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import math
 import os
+import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
+
+import common
+from data import Relabeled, epoch_loader, in_memory, load_dataset, split_indices, subset_indices
 
 # CSV column of the 200-epoch test accuracy (percent) for each dataset key used on the command line.
 COLUMNS = {
@@ -38,6 +51,8 @@ COLUMNS = {
     "imagenet16-120": "ImageNetTestAccuracy200Epochs",
 }
 ARCH_COLUMN = "ArchitectureString"
+# The ground truth shipped with the repository, per search space (benchmarks/README.md): NB201 only.
+SHIPPED = {"nb201": os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "nb201_accuracy.csv.gz")}
 
 
 class BenchmarkError(ValueError):
@@ -158,7 +173,8 @@ class Benchmark:
 
 
 def load_benchmark(path: str, parse: Callable[[str], tuple]) -> Benchmark:
-    """Read a NAS-Bench-201 accuracy CSV: an ArchitectureString column plus at least one COLUMNS column.
+    """Read a NAS-Bench-201 accuracy CSV, plain or gzip-compressed: an ArchitectureString column plus at least one
+    COLUMNS column (other columns are ignored).
 
     parse turns an architecture string into the tuple used everywhere else (supernet.str_to_arch); it
     raises ValueError on a malformed string. Every problem raises a one-line BenchmarkError.
@@ -166,13 +182,17 @@ def load_benchmark(path: str, parse: Callable[[str], tuple]) -> Benchmark:
     if not os.path.isfile(path):
         raise BenchmarkError(f"benchmark file not found: {path}")
     try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"  # the gzip magic number: read it compressed, whatever its name
         # utf-8-sig: a CSV saved by a spreadsheet may start with a byte-order mark.
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with (gzip.open if gzipped else open)(path, "rt", newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             rows = [(reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as e:
         raise BenchmarkError(f"{path} is not a CSV text file ({type(e).__name__})") from None
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a truncated or corrupt gzip stream
+        raise BenchmarkError(f"{path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
     if not header:
         raise BenchmarkError(f"{path} is empty")
     header = [name.strip() for name in header]
@@ -211,3 +231,198 @@ def load_benchmark(path: str, parse: Callable[[str], tuple]) -> Benchmark:
     if not archs:
         raise BenchmarkError(f"{path} has a header but no rows")
     return Benchmark(archs=archs, acc={key: np.array(v) for key, v in values.items()}, index=index)
+
+
+def default_benchmark(space_name: str) -> str | None:
+    """Path of the ground-truth table shipped in benchmarks/ for this space (NB201), None for a space without one.
+
+    A missing shipped file is a one-line BenchmarkError: it is part of the repository, so the fix is to restore it.
+    """
+    path = SHIPPED.get(space_name)
+    if path is not None and not os.path.isfile(path):
+        raise BenchmarkError(f"the shipped benchmark table {path} is missing; restore it: git checkout -- benchmarks")
+    return path
+
+
+# ------------------------------------------------------------
+# Baselines: the fitnesses the angle is compared with (paper Table 1)
+# ------------------------------------------------------------
+
+
+def params_fitness(space, net_args: dict):
+    """The parameter count of the stand-alone network: a proxy that needs no training at all."""
+    return lambda archs: [float(space.params(a, net_args)) for a in archs]
+
+
+def random_fitness(seed: int):
+    """Random search. The score is a function of (seed, arch) only, so a resumed search sees the same one."""
+    return lambda archs: [float(np.random.default_rng([seed & 0xFFFFFFFF, *a]).random()) for a in archs]
+
+
+class OneShotAccuracy:
+    """The one-shot accuracy fitness (the paper's Table 1, configurations A and C; method.md §7.1 and pitfall 6).
+
+    For each candidate: the supernet's trained weights along that cell (shared by all cells), its BN running
+    statistics recalibrated on a fixed set of training batches (the supernet's statistics were collected over
+    random paths and are wrong for any single one: without this the accuracy is near chance), then top-1 accuracy
+    with the REAL labels on held-out images: for NB201 CIFAR-10 the other half of the 25k/25k split, otherwise the
+    test split. The same batches for every candidate, no augmentation: deterministic. All of them are made once and
+    kept on `device` (with the defaults, 32 px images: about 120 MB; ImageNet at 224 px: about 6 GB).
+    """
+
+    def __init__(
+        self,
+        space,
+        wt: dict,
+        net_args: dict,
+        config: dict,
+        device: torch.device,
+        data: str | None = None,
+        recal_batches: int = 20,
+        eval_images: int = 5000,
+        batch_size: int = 256,
+    ):
+        self.device, self.space, self.net_args = device, space, net_args
+        self.net = space.supernet(net_args).to(device)
+        self.net.load_state_dict(wt)
+        name, root = config["dataset"], data or config["data"]
+        kw = dict(
+            image_size=config.get("image_size"),
+            fake_images=config.get("fake_images", 1024),
+            fake_seed=config.get("data_seed", 0),
+        )
+        train = load_dataset(name, root, "train", augment=False, **kw)
+        half = config.get("split") == "half" or (
+            config.get("split") == "auto" and name == "cifar10" and config.get("space", "nb201") == "nb201"
+        )
+        if half:  # the valid half that the supernet never saw
+            held, held_idx = train, split_indices(len(train), config.get("data_seed", 0))[1]
+        else:
+            held = load_dataset(name, root, "test", augment=False, **kw)
+            held_idx = torch.arange(len(held))
+        held_idx = subset_indices(held_idx, eval_images, 0)
+        calib_idx = subset_indices(torch.arange(len(train)), recal_batches * batch_size, 1)
+
+        def batches(ds, idx):
+            view = Relabeled(ds, idx, ds.targets.long())
+            # in-memory data is batched on the device already; a DataLoader (folder, ImageNet) yields CPU tensors
+            loader = epoch_loader(view, batch_size, False, 0, 0, device, fast=in_memory(view))
+            return [(x.to(device), y.to(device)) for x, y in loader]  # (B, 3, H, W) float, (B,) long
+
+        self.calib, self.held = batches(train, calib_idx), batches(held, held_idx)
+
+    @torch.no_grad()
+    def __call__(self, archs) -> list[float]:
+        scores, t0 = [], time.time()
+        for n, arch in enumerate(archs):
+            if n and n % 25 == 0:  # slow work: say how fast it goes
+                rate = n / (time.time() - t0)
+                print(
+                    f"  one-shot accuracy: {n}/{len(archs)} candidates | {rate:.2f}/s | "
+                    f"ETA {common.format_time((len(archs) - n) / rate)}",
+                    flush=True,
+                )
+            for m in self.net.modules():  # BN recalibration: forget the supernet's statistics, average afresh
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.reset_running_stats()
+                    m.momentum = None  # cumulative moving average over the calibration batches
+            path = self.space.path(arch, self.net_args)  # the candidate in every cell of the supernet
+            self.net.train()
+            for x, _ in self.calib:
+                self.net(x, path)
+            self.net.eval()
+            hits = sum((self.net(x, path).argmax(1) == y).sum().item() for x, y in self.held)
+            scores.append(100.0 * hits / sum(len(y) for _, y in self.held))
+        return scores
+
+
+# ------------------------------------------------------------
+# The report: the winner against the ground truth, and the pictures
+# ------------------------------------------------------------
+
+
+def benchmark_report(bench: Benchmark, winner, group, scores, ordered, format_arch) -> dict:
+    """Print and return the winner's NB201 accuracies, its rank, the tie group's spread, Kendall's tau, and the
+    mean accuracy of the top 10 and top 100 architectures by this fitness (top-k quality, not only tau)."""
+    report = {}
+    if winner not in bench.index:
+        print(f"the winner {format_arch(winner)} is not in the benchmark file")
+        return report
+    n = len(bench.archs)
+    for col in bench.acc:
+        acc = bench.accuracy(winner, col)
+        group_acc = [bench.accuracy(a, col) for a in group if a in bench.index]
+        tau = bench.tau(scores, col)
+        report[col] = {
+            "accuracy": acc,
+            "rank": bench.rank(winner, col),
+            "of": n,
+            "tie_group_min": min(group_acc),
+            "tie_group_max": max(group_acc),
+            "kendall_tau_b": tau,
+            "tau_over": sum(a in bench.index for a in scores),
+        }
+        for k in (10, 100):
+            top = [bench.accuracy(a, col) for a in ordered[:k] if a in bench.index]
+            report[col][f"top{k}_mean"] = sum(top) / len(top) if top else None
+        print(
+            f"benchmark {col:15s} winner {acc:6.2f}% (rank {report[col]['rank']:,} of {n:,}; "
+            f"best {bench.acc[col].max():.2f}) | tie group {min(group_acc):.2f}-{max(group_acc):.2f} | "
+            f"Kendall tau-b {tau:+.4f} over {report[col]['tau_over']:,} archs | mean of the top 10 "
+            f"{report[col]['top10_mean']:.2f}, top 100 {report[col]['top100_mean']:.2f}"
+        )
+    return report
+
+
+def plot(folder: str, fitness: str, train_log: str, bench, scores: dict, winner, report: dict) -> None:
+    """Optional pictures in `folder`: fitness vs benchmark accuracy (tau in the title, the winner marked), and tau vs
+    epoch from the training log (train.py --track-tau)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib); no plots written, everything else is done")
+        return
+    written = []
+    unit = " (radians)" if fitness == "angle" else ""
+    for col in bench.acc if bench is not None else []:
+        archs = [a for a in scores if a in bench.index]
+        # Cells whose output is cut off from their input all score an angle of exactly 0 (method.md §4.2, rule 4);
+        # drawn at x=0 they would squeeze every other point into a sliver at the right, so they are left out, counted.
+        shown = [a for a in archs if scores[a] != 0.0] if fitness == "angle" else archs
+        shown = shown or archs
+        label = f"evaluated ({len(shown):,})"
+        if len(shown) < len(archs):
+            label += f"; {len(archs) - len(shown):,} disconnected (angle 0) not drawn"
+        fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+        ax.scatter([scores[a] for a in shown], [bench.accuracy(a, col) for a in shown], s=4, alpha=0.4, label=label)
+        if winner in bench.index:
+            ax.scatter([scores[winner]], [bench.accuracy(winner, col)], s=120, marker="*", color="red", label="winner")
+        ax.set_xlabel(f"{fitness}{unit}")
+        ax.set_ylabel(f"NAS-Bench-201 {col} test accuracy (%)")
+        ax.set_title(f"{fitness} vs {col}: Kendall tau-b {report[col]['kendall_tau_b']:+.3f} ({len(archs):,} cells)")
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
+        fig.tight_layout()
+        written.append(os.path.join(folder, f"{fitness}_vs_{col}.png"))
+        fig.savefig(written[-1])
+        plt.close(fig)
+    points = []
+    if os.path.isfile(train_log):
+        with open(train_log) as f:
+            points = [(e["epoch"], e["tau"]) for e in map(json.loads, f) if e.get("tau") is not None]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        ax.plot(*zip(*points), marker="o")
+        ax.set_xlabel("supernet training epoch")
+        ax.set_ylabel("Kendall tau-b of the angle")
+        ax.set_title("angle vs benchmark during supernet training")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(os.path.join(folder, "tau_vs_epoch.png"))
+        fig.savefig(written[-1])
+        plt.close(fig)
+    print("plots: " + (", ".join(written) if written else "nothing to plot (no benchmark, and no --track-tau in training)"))

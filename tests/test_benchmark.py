@@ -1,12 +1,20 @@
-"""Tests of benchmark.py: Kendall tau-b against a brute-force pair count, and the CSV loader on tiny files."""
+"""Tests of benchmark.py: Kendall tau-b against a brute-force pair count, the CSV loader on tiny files (plain and
+gzip), the NB201 table shipped in benchmarks/, and the one-shot accuracy baseline's device handling."""
 
+import gzip
 import math
+import os
 import time
 
 import numpy as np
 import pytest
+import torch
+from test_data import write_folder
 
-from benchmark import COLUMNS, BenchmarkError, kendall_tau_b, load_benchmark
+import benchmark
+from benchmark import COLUMNS, BenchmarkError, OneShotAccuracy, default_benchmark, kendall_tau_b, load_benchmark
+from spaces import SPACES
+from supernet import all_archs, str_to_arch
 
 OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
 
@@ -193,3 +201,69 @@ def test_benchmark_errors(tmp_path):
     with pytest.raises(ValueError) as info:
         load_benchmark(path, parse)
     assert isinstance(info.value, BenchmarkError) and "\n" not in str(info.value)
+
+
+def test_gzip_tables_read_like_plain_ones(tiny, tmp_path):
+    plain = load_benchmark(tiny, parse)
+    data = open(tiny, "rb").read()
+    for name in ("t.csv.gz", "t-gz.csv"):  # gzip is recognised by its first two bytes, whatever the file's name
+        (tmp_path / name).write_bytes(gzip.compress(data))
+        bench = load_benchmark(str(tmp_path / name), parse)
+        assert bench.archs == plain.archs and all(np.array_equal(bench.acc[c], plain.acc[c]) for c in plain.acc)
+    packed = gzip.compress(data * 20)
+    (tmp_path / "cut.csv.gz").write_bytes(packed[:-12])  # a truncated download
+    (tmp_path / "bad.csv.gz").write_bytes(packed[:30] + bytes(b ^ 0xFF for b in packed[30:60]) + packed[60:])
+    for name in ("cut.csv.gz", "bad.csv.gz"):
+        with pytest.raises(BenchmarkError, match="cannot be read") as info:
+            load_benchmark(str(tmp_path / name), parse)
+        assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------
+# The NB201 ground truth shipped in benchmarks/
+# ------------------------------------------------------------
+
+
+def test_shipped_nb201_table_holds_every_cell_once():
+    path = default_benchmark("nb201")
+    assert path.endswith(".csv.gz") and os.path.getsize(path) < 1 << 20  # compact: well under 2 MB
+    with gzip.open(path, "rt") as f:
+        assert f.readline().strip().split(",") == [*COLUMNS.values(), "ArchitectureString"]
+    bench = load_benchmark(path, str_to_arch)  # refuses a malformed string, a non-number, an arch seen twice
+    assert len(bench.archs) == 15625 and set(bench.archs) == set(all_archs())
+    assert sorted(bench.acc) == sorted(COLUMNS)
+    for col, best in (("cifar10", 94.37), ("cifar100", 73.51), ("imagenet16-120", 47.31)):
+        acc = bench.acc[col]  # percent: above 0, below 100, the benchmark's best at the top
+        assert acc.shape == (15625,) and acc.min() > 0 and round(float(acc.max()), 2) == best
+    assert bench.accuracy((0,) * 6, "cifar10") == 10.0  # the all-'none' cell outputs nothing: chance on 10 classes
+    assert default_benchmark("darts") is None and default_benchmark("mobilenet") is None
+
+
+def test_missing_shipped_table_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(benchmark.SHIPPED, "nb201", str(tmp_path / "gone.csv.gz"))
+    with pytest.raises(BenchmarkError, match="missing; restore it") as info:
+        default_benchmark("nb201")
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------
+# The one-shot accuracy baseline
+# ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["folder", "fake"])
+def test_one_shot_accuracy_batches_follow_the_model_to_its_device(tmp_path, dataset):
+    # Data not held in memory (folder, ImageNet) comes from a DataLoader, which yields CPU tensors: they must be moved
+    # to --device like the model. The 'meta' device stands in for a GPU here: a batch left behind stays on 'cpu'.
+    if dataset == "folder":
+        write_folder(tmp_path, size=(8, 8))  # 3 classes: 6 training images, 3 test images
+    space = SPACES["nb201"]
+    net_args = {"space": "nb201", "channels": 4, "layers": 1, "num_classes": 3}
+    with torch.device("meta"):
+        wt = space.supernet(net_args).state_dict()
+    config = dict(space="nb201", dataset=dataset, data=str(tmp_path), image_size=8, split="auto", data_seed=0, fake_images=12)
+    meta = torch.device("meta")
+    fit = OneShotAccuracy(space, wt, net_args, config, meta, recal_batches=1, eval_images=0, batch_size=4)
+    assert len(fit.calib) == 1 and len(fit.calib[0][1]) == 4 and sum(len(y) for _, y in fit.held) == 3
+    assert all(x.device == meta and y.device == meta for x, y in fit.calib + fit.held)
+    assert all(t.device == meta for t in fit.net.state_dict().values())
