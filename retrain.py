@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 import common
 from common import UsageError, print0
 from data import DATASETS, DataError, Relabeled, epoch_loader, epoch_seed, in_memory, load_dataset, subset_indices
@@ -322,7 +323,7 @@ def main():
     d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
     ckpt_path, log_path = os.path.join(args.out, "retrain.pt"), os.path.join(args.out, "log.jsonl")
     ckpt = None
-    common.check_run_dir(args.out, args.resume, args.force, "retrain.pt")
+    checkpoint.check_run_dir(args.out, args.resume, args.force, "retrain.pt")
     if args.resume:
         ckpt = common.load_checkpoint(ckpt_path, "retrain checkpoint")
         if ckpt.get("stage") != "retrain":
@@ -347,7 +348,7 @@ def main():
     if args.aux_weight > 0:
         check_aux_head(space, arch, space.retrain_args(args, base.num_classes))
     if not args.resume and d.master:
-        common.make_run_dir(args.out, args.force, "retrain.pt")
+        checkpoint.make_run_dir(args.out, args.force, "retrain.pt")
     if d.ddp:
         torch.distributed.barrier()
     test_view = Relabeled(test_set, torch.arange(len(test_set)), test_set.targets.long())
