@@ -2,16 +2,16 @@
 BOILERPLATE shared by the three stage scripts (train.py, search.py, retrain.py).
 
 Nothing here is part of the method. It is the plumbing a long research run needs, written once:
-one-line errors for user mistakes (exit status 2, no traceback), atomic checkpoint writes,
-safe checkpoint loading (weights_only=True), run directories that are never overwritten by
-accident, the torchrun/DDP set-up, and progress lines with a rate and an ETA.
+one-line errors for user mistakes (exit status 2, no traceback), the argument parser and the recipe
+tables' defaults (shown in --help), atomic checkpoint writes, safe checkpoint loading
+(weights_only=True), the torchrun/DDP set-up, the SGD of the recipes, and progress lines with a rate
+and an ETA. Run directories and the exact resume of train.py and retrain.py are in checkpoint.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import fnmatch
 import hashlib
 import json
 import os
@@ -19,6 +19,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 
 import torch
@@ -66,6 +67,23 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def show_recipes(self, recipes: dict) -> None:
+        """--help: end the help of every flag a recipe fills with its value per recipe, e.g.
+        "(recipe: nb201 0.025, darts-cifar 0.025, darts-imagenet 0.1, mobilenet 0.25)"."""
+        spaces = [space for space, _ in recipes]
+        for action in self._actions:
+            values = [
+                f"{space if spaces.count(space) == 1 else f'{space}-{variant}'} {_shown(recipe[action.dest])}"
+                for (space, variant), recipe in recipes.items()
+                if action.dest in recipe
+            ]
+            if values:
+                action.help = f"{action.help} (recipe: {', '.join(values)})"
+
+
+def _shown(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
 
 def pick_recipe(args, recipes: dict, script: str) -> dict:
     """The (space, variant) recipe of a stage script's RECIPES table; sets args.variant when it is left at None.
@@ -106,7 +124,7 @@ def number(kind=int, minimum=1):
 
 
 # ----------------------------------------------------------------------------------------------
-# Printing: only the master process prints (STYLE 11); a plain function, print itself untouched.
+# Printing: only the master process prints; a plain function, print itself untouched.
 MASTER = True
 
 
@@ -122,8 +140,46 @@ def format_time(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+class Progress:
+    """The progress line of a training loop, every --log-every steps and at each epoch's last step (master only):
+
+        epoch 3/250 | step 50/391 | loss 2.3041 | acc 10.2% | lr 2.49e-02 | 1234 img/s | ETA 2h05m
+
+    The rate counts the images of all ranks in this epoch, the ETA extrapolates the steps run so far. A loss that is
+    no longer finite stops the run (exit status 1) instead of training on NaNs.
+    """
+
+    def __init__(self, script: str, epochs: int, world_size: int, acc: str = "acc"):
+        self.script, self.epochs, self.world_size, self.acc = script, epochs, world_size, acc
+        self.t_run, self.steps_run = time.time(), 0
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self.epoch, self.steps, self.t0, self.seen = epoch, steps, time.time(), 0
+
+    def step(self, i: int, images: int, totals: torch.Tensor, lr: float, every: int) -> None:
+        """Batch i of the epoch is done (`images` on this rank; totals = loss sum, correct, images)."""
+        self.steps_run, self.seen = self.steps_run + 1, self.seen + images
+        if (i + 1) % every and i + 1 != self.steps:
+            return
+        if not torch.isfinite(totals[0]):
+            raise SystemExit(
+                f"{self.script}: error: the loss is not finite at epoch {self.epoch + 1} step {i + 1}; lower --lr"
+            )
+        rate = self.seen * self.world_size / (time.time() - self.t0)
+        eta = ((self.epochs - self.epoch) * self.steps - (i + 1)) * (time.time() - self.t_run) / self.steps_run
+        print0(
+            f"epoch {self.epoch + 1}/{self.epochs} | step {i + 1}/{self.steps} | loss {totals[0] / totals[2]:.4f} | "
+            f"{self.acc} {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | ETA {format_time(eta)}"
+        )
+
+    def end_epoch(self) -> tuple[float, float]:
+        """(images per second over all ranks, seconds) of the epoch just finished."""
+        seconds = time.time() - self.t0
+        return self.seen * self.world_size / seconds, seconds
+
+
 # ----------------------------------------------------------------------------------------------
-# Files: atomic writes, safe loads, run directories.
+# Files: atomic writes, safe loads, fingerprints (run directories and resume: checkpoint.py).
 def atomic_save(obj, path: str) -> None:
     """torch.save to a temp file in the same directory, fsync, then rename: a crash leaves the old file."""
     tmp = f"{path}.tmp"
@@ -132,6 +188,12 @@ def atomic_save(obj, path: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def append_jsonl(path: str, entry: dict) -> None:
+    """One line of log.jsonl: one JSON object per epoch."""
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def atomic_write_json(obj, path: str) -> None:
@@ -180,77 +242,6 @@ def state_fingerprint(state: dict) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-# What each stage writes into its run directory (search.py and its plots may add theirs beside a supernet). --force
-# deletes a directory only when every entry in it matches its stage's list, so it can never empty a directory that
-# holds anything else: '.', a repository, a home directory, another stage's run.
-RUN_FILES = {
-    "train": ("supernet.pt", "supernet_init.pt", "supernet_ep*.pt", "log.jsonl", "config.json", "search*.json", "*.png"),
-    "retrain": ("retrain.pt", "log.jsonl", "config.json"),
-}
-STAGE_OF = {"supernet.pt": "train", "retrain.pt": "retrain"}
-
-
-def _foreign_entries(out: str, stage: str) -> list[str]:
-    """Entries of `out` that `stage` did not write (temp files of its atomic writes count as its own)."""
-    patterns = RUN_FILES[stage]
-    own = lambda name: any(fnmatch.fnmatchcase(name.removesuffix(".tmp"), pat) for pat in patterns)  # noqa: E731
-    return sorted(name for name in os.listdir(out) if not (own(name) and os.path.isfile(os.path.join(out, name))))
-
-
-def _protected(out: str) -> str | None:
-    """Why `out` must never be deleted whatever it holds, or None."""
-    real = os.path.realpath(out)
-    here = os.path.realpath(os.getcwd())
-    if real == here or here.startswith(real.rstrip(os.sep) + os.sep):
-        return "it is the current directory or holds it"
-    if real in {os.path.realpath(os.path.expanduser("~")), os.path.realpath(os.sep)}:
-        return "it is a home or root directory"
-    if os.path.exists(os.path.join(real, ".git")):
-        return "it is a git repository"
-    return None
-
-
-def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
-    """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk."""
-    stage = STAGE_OF[marker]
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out} is a file, not a directory; pass --out DIR for the run directory")
-    if resume:
-        if not os.path.isfile(os.path.join(out, marker)):
-            raise UsageError(
-                f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run"
-            )
-    elif os.path.isdir(out) and os.listdir(out):
-        if not force:
-            raise UsageError(
-                f"run directory {out} already exists: pass --resume to continue it, "
-                "--force to overwrite it, or --out DIR for a new run"
-            )
-        why = _protected(out)
-        foreign = _foreign_entries(out, stage)
-        if why is None and foreign:
-            why = f"it holds {foreign[0]!r}, which {stage}.py did not write"
-        if why is None and not os.path.isfile(os.path.join(out, "config.json")):
-            why = f"it has no config.json, so it is not a {stage}.py run directory"
-        if why:
-            raise UsageError(f"--force refused: {out} is not a {stage}.py run directory ({why}); pass --out DIR")
-
-
-def make_run_dir(out: str, force: bool, marker: str) -> None:
-    """Create a new run directory (master only); with --force the files of an old run of the same stage go first.
-
-    check_run_dir has already refused anything else, and only that stage's own files are removed one by one: never
-    shutil.rmtree, so even a race with a user's file appearing meanwhile cannot take it along.
-    """
-    if force and os.path.isdir(out):
-        stage = STAGE_OF[marker]
-        if _protected(out) or _foreign_entries(out, stage):
-            raise UsageError(f"--force refused: {out} changed meanwhile and now holds other files; pass --out DIR")
-        for name in os.listdir(out):
-            os.remove(os.path.join(out, name))
-    os.makedirs(out, exist_ok=True)
 
 
 def git_commit() -> str | None:
@@ -322,7 +313,7 @@ def cleanup_distributed(d: Dist) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimisation plumbing shared by train.py and retrain.py: the per-space recipes (SPEC 3 and 6) differ in which
+# Optimisation plumbing shared by train.py and retrain.py: the per-space recipes (method.md §3 and §6) differ in which
 # parameters get weight decay and in how the gradient is clipped.
 WD_ON = ("all", "conv", "conv+fc")
 
@@ -330,7 +321,7 @@ WD_ON = ("all", "conv", "conv+fc")
 def make_sgd(model: torch.nn.Module, lr: float, momentum: float, nesterov: bool, wd: float, wd_on: str = "all"):
     """SGD with weight decay on all parameters, or only on conv weights (4-D tensors), optionally + the classifier.
 
-    SPEC 3: NB201 and DARTS-CIFAR decay everything; DARTS-ImageNet decays 4-D conv weights only (its name filter
+    method.md §3: NB201 and DARTS-CIFAR decay everything; DARTS-ImageNet decays 4-D conv weights only (its name filter
     misses the FC); MobileNet decays conv weights + the FC weight. Two param groups then, the second with wd 0.
     """
     nesterov = nesterov and momentum > 0
@@ -344,6 +335,11 @@ def make_sgd(model: torch.nn.Module, lr: float, momentum: float, nesterov: bool,
         (decay if q.ndim == 4 or fc else rest).append(q)
     groups = [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def clip_gradients(optimizer, mode: str, value: float) -> None:

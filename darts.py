@@ -574,7 +574,9 @@ class DartsAngleScorer:
     the fixed part.
     """
 
-    def __init__(self, w0: dict, wt: dict, args: dict):
+    def __init__(self, w0: dict, wt: dict, args: dict, vector: str = "official"):
+        if vector != "official":  # the vector ablations (angle.VECTORS) are defined for NB201 only
+            raise ValueError(f"weight vector {vector!r} is an NB201 ablation; this space has the official one only")
         extra = _darts_extra_names(args, parameter_names(w0))
         fixed = segment_stats([w0[k] for k in extra], [wt[k] for k in extra])  # (3,)
         table = torch.zeros((2, len(DARTS_EDGES), len(DARTS_OPS), 3), dtype=torch.float64, device=fixed.device)

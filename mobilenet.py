@@ -405,7 +405,9 @@ class MBAngleScorer:
     scorer.angles(archs)  # (M, 21) ints in -1..5 -> (M,) float64 radians
     """
 
-    def __init__(self, w0: dict, wt: dict, args: dict):
+    def __init__(self, w0: dict, wt: dict, args: dict, vector: str = "official"):
+        if vector != "official":  # the vector ablations (angle.VECTORS) are defined for NB201 only
+            raise ValueError(f"weight vector {vector!r} is an NB201 ablation; this space has the official one only")
         fixed = segment_stats([_flat(w0, MB_FIXED)], [_flat(wt, MB_FIXED)])  # (3,) = dot, |w0|^2, |wt|^2
         blocks = mb_blocks(args.get("width", 1.0))
         table = torch.zeros((len(blocks), len(MB_OPS) + 1, 3), dtype=torch.float64, device=fixed.device)  # (21, 7, 3)

@@ -1,8 +1,9 @@
 """
 Stage 3 of RLNAS: train the architecture the search found from scratch, on the real labels.
 
-DARTS space: the ImageNet protocol of SPEC 6 (--dataset imagenet) or the standard DARTS CIFAR-10 evaluation
-(C=36, 20 cells, auxiliary head, drop path, cutout, 600 epochs), chosen by the RECIPES table below.
+DARTS space: the ImageNet protocol of method.md §6 (--dataset imagenet) or the standard DARTS CIFAR-10 evaluation
+(C=36, 20 cells, auxiliary head, drop path, cutout, 600 epochs). MobileNet space: the ImageNet protocol of
+method.md §6. The RECIPES table below holds each protocol.
 
 For NAS-Bench-201 the paper does not retrain: it looks the architecture up in the benchmark
 (search.py --benchmark). This script is for everything the benchmark does not cover: another
@@ -11,16 +12,22 @@ protocol (C=16, N=5, affine BN, 200 epochs, batch 256, SGD Nesterov momentum 0.9
 to 0, weight decay 5e-4, flip + crop augmentation) and reports top-1/top-5 test accuracy.
 
 Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
-arXiv:2101.11834, the evaluation step (SPEC.md 6; NAS-Bench-201's protocol, Dong & Yang 2020).
+arXiv:2101.11834, Sec. 4 (the evaluation of the searched architectures; method.md §6; NAS-Bench-201's
+protocol, Dong & Yang 2020).
 
-    python retrain.py --ckpt-search runs/<run>/search.json               # the search winner, CIFAR-10
+The space comes from --space, or from the search.json (--ckpt-search), or is darts for --genotype; it is never
+guessed from the architecture string. Defaults follow the space: without --dataset, the MobileNet space and the
+DARTS imagenet variant retrain (and count) the ImageNet network at 224 px; with --ckpt-search, --dataset is the
+supernet run's (its name only: the files are always read from --data).
+
+    python retrain.py --ckpt-search runs/<run>/search.json               # the search winner, on the run's dataset
     python retrain.py --arch "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
     python retrain.py --arch "..." --dataset fake --epochs 1 --channels 4 --layers 1   # a smoke run
     python retrain.py --genotype "Genotype(normal=[...], normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=[2, 3, 4, 5])"
-    python retrain.py --ckpt-search runs/<darts run>/search.json --dataset imagenet --data /path/imagenet  # SPEC 6
+    python retrain.py --ckpt-search runs/<darts run>/search.json --dataset imagenet --data /path/imagenet  # method.md §6
     python retrain.py --ckpt-search runs/<darts run>/search.json --dataset imagenet --count-only  # params, FLOPs
     python retrain.py --resume --out runs/<retrain-run>
-    python retrain.py --arch "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2" --count-only   # MobileNet model_id (Table 5)
+    python retrain.py --space mobilenet --arch "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2" --count-only  # Table 5
     torchrun --standalone --nproc_per_node=4 retrain.py --ckpt-search runs/<run>/search.json
 """
 
@@ -30,13 +37,12 @@ import argparse
 import hashlib
 import json
 import os
-import re
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 import common
 from common import UsageError, print0
 from data import DATASETS, DataError, Relabeled, epoch_loader, epoch_seed, in_memory, load_dataset, subset_indices
@@ -44,8 +50,8 @@ from spaces import SPACES
 from supernet import count_all_params, count_flops
 
 # ----------------------------------------------------------------------------------------------
-# The training protocol per (space, network variant); flags left at None take these values (config.json records
-# the filled ones).
+# The training protocol per (space, network variant), method.md §6; flags left at None take these values (--help
+# lists them; config.json records the filled ones).
 RECIPES = {
     # NAS-Bench-201's protocol: C=16, N=5, 200 epochs, batch 256, SGD Nesterov, lr 0.1 cosine to 0, wd 5e-4
     ("nb201", "cifar"): dict(
@@ -55,13 +61,13 @@ RECIPES = {
     ),
     # The standard DARTS CIFAR-10 evaluation (Liu et al. 2019): C=36, 20 cells, auxiliary head 0.4, drop path 0.2,
     # cutout 16, 600 epochs, batch 96, SGD 0.025 cosine to 0, wd 3e-4, grad-norm clip 5. (RLNAS itself retrains its
-    # DARTS cells on ImageNet only, SPEC 6.)
+    # DARTS cells on ImageNet only, method.md §6.)
     ("darts", "cifar"): dict(
         channels=36, layers=20, epochs=600, batch_size=96, lr=0.025, lr_schedule="cosine", warmup_epochs=0, momentum=0.9,
         nesterov=False, wd=3e-4, wd_on="all", grad_clip=5.0, clip_mode="norm", label_smoothing=0.0, aux_weight=0.4,
         drop_path=0.2, cutout=16,
     ),
-    # RLNAS's ImageNet protocol (SPEC 6): C=48 (46 for the <600M variant), 14 cells, auxiliary head 0.4, 250 epochs,
+    # RLNAS's ImageNet protocol (method.md §6): C=48 (46 for the <600M variant), 14 cells, auxiliary head 0.4, 250 epochs,
     # batch 1024 = 128 x 8 GPUs, lr 0.5 with a 5-epoch linear warm-up then linear decay per epoch, label smoothing
     # 0.1, wd 3e-5 on all parameters, grad-norm clip 5, no drop path
     ("darts", "imagenet"): dict(
@@ -69,7 +75,7 @@ RECIPES = {
         nesterov=False, wd=3e-5, wd_on="all", grad_clip=5.0, clip_mode="norm", label_smoothing=0.1, aux_weight=0.4,
         drop_path=0.0, cutout=0,
     ),
-    # RLNAS's MobileNet protocol (SPEC 6): 240 epochs, batch 1024 = 128 x 8 GPUs, lr 0.5 linear PER ITERATION to 0, no
+    # RLNAS's MobileNet protocol (method.md §6): 240 epochs, batch 1024 = 128 x 8 GPUs, lr 0.5 linear PER ITERATION to 0, no
     # warm-up, wd 4e-5 on conv weights only (the FC sits behind Dropout(0.2) and is not matched), label smoothing 0.1,
     # grad-norm clip 5; identity blocks removed
     ("mobilenet", "imagenet"): dict(
@@ -82,119 +88,172 @@ RECIPES = {
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet16-120": 120, "imagenet": 1000, "fake": 10}
 
 # ----------------------------------------------------------------------------------------------
-# Config: a default of None means "the recipe's value" (RECIPES above; the brackets give NB201's).
+# Config: one flag per line, the method first. A default of None means "the recipe's value" (RECIPES above).
 p = common.Parser(description="Retrain one searched architecture from scratch on the real labels (stage 3).")
-p.add_argument(
+g = p.add_argument_group("method: the architecture and its network (method.md §6)")
+g.add_argument(
     "--arch",
     default=None,
-    help="architecture string: NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or a MobileNet model_id '2 0 -1 2 ...'",
+    help="architecture string: NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or with --space mobilenet a model_id '2 0 -1 2 ...'",
 )
-p.add_argument("--genotype", default=None, help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)")
-p.add_argument("--ckpt-search", default=None, help="search.json written by search.py: retrain its winner")
-p.add_argument(
-    "--space", default=None, choices=list(SPACES), help="search space (default: the search.json's; darts for --genotype)"
+g.add_argument("--genotype", default=None, help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)")
+g.add_argument("--ckpt-search", default=None, help="search.json written by search.py: retrain its winner")
+g.add_argument(
+    "--space",
+    default=None,
+    choices=list(SPACES),
+    help="search space (default: the search.json's; darts for --genotype; else nb201)",
 )
-p.add_argument(
+g.add_argument(
     "--variant",
     default=None,
     choices=["cifar", "imagenet"],
     help="network variant: cifar or imagenet (default: imagenet for --dataset imagenet, else cifar)",
 )
-p.add_argument("--count-only", action="store_true", help="print the parameters and multiply-adds of the network and exit")
-p.add_argument("--channels", type=common.number(int), default=None, help="C (16; DARTS 36 CIFAR, 48 ImageNet)")
-p.add_argument("--layers", type=common.number(int), default=None, help="NB201: N cells per stage (5); DARTS: cells (20; 14)")
-p.add_argument("--width", type=common.number(float, 0.01), default=None, help="MobileNet: channel multiplier (1.0)")
-p.add_argument("--dropout", type=common.number(float, 0), default=None, help="MobileNet: dropout before the classifier (0.2)")
-p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset (default cifar10)")
-p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
-p.add_argument(
-    "--image-size", type=common.number(int), default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
-)
-p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
-p.add_argument("--data-seed", type=int, default=0, help="seed of --subset and of the fake data (0)")
-p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
-p.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (2)")
-p.add_argument(
-    "--data-path",
-    default="auto",
-    choices=["auto", "tensor", "loader"],
-    help="tensor: batched on-device augmentation (in-memory data); loader: per-image DataLoader; auto = tensor if possible",
-)
-p.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
-p.add_argument(
-    "--memory-format",
-    default="auto",
-    choices=["auto", "channels_last", "contiguous"],
-    help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
-)
-p.add_argument("--epochs", type=common.number(int), default=None, help="epochs (200)")
-p.add_argument("--batch-size", type=common.number(int), default=None, help="batch size per process (256)")
-p.add_argument("--lr", type=common.number(float, 0), default=None, help="initial learning rate (0.1)")
-p.add_argument(
+g.add_argument("--channels", type=common.number(int), default=None, help="C, channels of the first stage")
+g.add_argument("--layers", type=common.number(int), default=None, help="NB201: N cells per stage; DARTS: cells in all")
+g.add_argument("--width", type=common.number(float, 0.01), default=None, help="MobileNet: channel multiplier")
+g.add_argument("--dropout", type=common.number(float, 0), default=None, help="MobileNet: dropout before the classifier")
+g = p.add_argument_group("method: training recipe (method.md §6)")
+g.add_argument("--epochs", type=common.number(int), default=None, help="epochs")
+g.add_argument("--batch-size", type=common.number(int), default=None, help="batch size per process")
+g.add_argument("--lr", type=common.number(float, 0), default=None, help="initial learning rate")
+g.add_argument(
     "--lr-schedule",
     default=None,
     choices=["cosine", "linear", "linear-iter"],
     help="cosine to 0 per epoch (NB201, DARTS-CIFAR), linear per epoch after --warmup-epochs (DARTS-ImageNet) or "
     "linear-iter: linear to 0 per iteration (MobileNet)",
 )
-p.add_argument("--warmup-epochs", type=common.number(int, 0), default=None, help="linear warm-up epochs (0; ImageNet 5)")
-p.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum (0.9)")
-p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum (on for NB201)")
-p.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay (5e-4)")
-p.add_argument("--wd-on", default=None, choices=list(common.WD_ON), help="which parameters get weight decay (all)")
-p.add_argument("--grad-clip", type=common.number(float, 0), default=None, help="gradient clipping threshold (0 = off)")
-p.add_argument("--clip-mode", default=None, choices=["norm", "value"], help="clip the gradient norm or each value (norm)")
-p.add_argument("--label-smoothing", type=common.number(float, 0), default=None, help="label smoothing (0; ImageNet 0.1)")
-p.add_argument("--aux-weight", type=common.number(float, 0), default=None, help="auxiliary-head loss weight (0; DARTS 0.4)")
-p.add_argument("--drop-path", type=common.number(float, 0), default=None, help="final drop-path probability (0; C10 0.2)")
-p.add_argument("--cutout", type=common.number(int, 0), default=None, help="cutout square side in pixels (0; DARTS-C10 16)")
-p.add_argument("--seed", type=int, default=0, help="seed of the init and the data order (0)")
-p.add_argument("--eval-every", type=common.number(int), default=1, help="test every N epochs (and after the last) (1)")
-p.add_argument("--out", default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)")
-p.add_argument("--resume", action="store_true", help="continue the run in --out")
-p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-p.add_argument(
+g.add_argument("--warmup-epochs", type=common.number(int, 0), default=None, help="linear warm-up epochs")
+g.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum")
+g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+g.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay")
+g.add_argument("--wd-on", default=None, choices=list(common.WD_ON), help="which parameters get weight decay")
+g.add_argument("--grad-clip", type=common.number(float, 0), default=None, help="gradient clipping threshold (0 = off)")
+g.add_argument("--clip-mode", default=None, choices=["norm", "value"], help="clip the gradient norm or each value")
+g.add_argument("--label-smoothing", type=common.number(float, 0), default=None, help="label smoothing")
+g.add_argument("--aux-weight", type=common.number(float, 0), default=None, help="auxiliary-head loss weight (DARTS)")
+g.add_argument("--drop-path", type=common.number(float, 0), default=None, help="final drop-path probability (DARTS)")
+g.add_argument("--cutout", type=common.number(int, 0), default=None, help="cutout square side in pixels (0 = off)")
+g.add_argument("--seed", type=int, default=0, help="seed of the init and the data order (0)")
+g = p.add_argument_group("data")
+g.add_argument(
+    "--dataset",
+    default=None,
+    choices=DATASETS,
+    help="dataset (default: with --ckpt-search the supernet run's; else imagenet for --space mobilenet and --variant "
+    "imagenet, cifar10 otherwise)",
+)
+g.add_argument("--data", default="./data", help="dataset directory (default ./data)")
+g.add_argument(
+    "--image-size", type=common.number(int), default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
+)
+g.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
+g.add_argument("--data-seed", type=int, default=0, help="seed of --subset and of the fake data (0)")
+g.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
+g = p.add_argument_group("run and resume")
+g.add_argument("--count-only", action="store_true", help="print the parameters and multiply-adds of the network and exit")
+g.add_argument("--eval-every", type=common.number(int), default=1, help="test every N epochs (and after the last) (1)")
+g.add_argument("--out", default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)")
+g.add_argument("--resume", action="store_true", help="continue the run in --out")
+g.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+g.add_argument(
     "--save-every-steps", type=common.number(int, 0), default=0, help="also checkpoint every N steps inside an epoch (0 = off)"
 )
-p.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
-p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
-p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
-p.add_argument(
+g.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
+g = p.add_argument_group("speed")
+g.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (2)")
+g.add_argument(
+    "--data-path",
+    default="auto",
+    choices=["auto", "tensor", "loader"],
+    help="tensor: batched on-device augmentation (in-memory data); loader: per-image DataLoader; auto = tensor if possible",
+)
+g.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
+g.add_argument(
+    "--memory-format",
+    default="auto",
+    choices=["auto", "channels_last", "contiguous"],
+    help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
+)
+g = p.add_argument_group("distributed (torchrun) and device")
+g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
+g.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
+g.add_argument(
     "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank"
 )
+p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.1, darts-cifar 0.025, ...)" after every flag a recipe fills
+
+# What a resumed run must find in retrain.pt, and the flags that only say how to run: a resumed run may change these;
+# every other flag takes the run's own value (checkpoint.merge_flags).
+CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "arch"}
 RUN_FLAGS = {"out", "resume", "force", "log_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
 RUN_FLAGS |= {"eval_every", "count_only"}  # how often to test changes no weight
 
 
 def resolve_arch(args):
-    """(space, architecture) from --arch, --genotype or the winner of a search.json (exactly one of the three)."""
+    """(space, architecture, search.json or None) from --arch, --genotype or the winner of a search.json (exactly one).
+
+    The space is --space, else the search.json's supernet_args, else darts for --genotype, else nb201: it is never
+    guessed from the architecture string.
+    """
     given = [a for a in (args.arch, args.genotype, args.ckpt_search) if a is not None]
     if len(given) != 1:
         raise UsageError(
             "give exactly one of --arch STRING, --genotype 'Genotype(...)' or --ckpt-search runs/<run>/search.json"
         )
-    text, space = args.arch or args.genotype, args.space or ("darts" if args.genotype is not None else None)
-    if space is None and args.arch is not None and re.fullmatch(r"[\s\d,\-\[\]()]+", args.arch):
-        space = "mobilenet"  # only integers: a MobileNet model_id
+    text, space, found = args.arch or args.genotype, args.space or ("darts" if args.genotype is not None else None), None
     if args.ckpt_search is not None:
         try:
             with open(args.ckpt_search) as f:
                 found = json.load(f)
             text = found["winner"]["arch"]
-            space = space or found.get("supernet_args", {}).get("space")
+            searched = found.get("supernet_args", {}).get("space")
         except FileNotFoundError:
             raise UsageError(f"{args.ckpt_search} does not exist; pass the search.json written by search.py") from None
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise UsageError(
                 f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py"
             ) from None
+        if space is not None and searched is not None and space != searched:
+            raise UsageError(f"--space {space}, but {args.ckpt_search} searched the {searched} space; drop --space")
+        space = space or searched
     args.space = space or "nb201"
     if args.space not in SPACES:
         raise UsageError(f"{args.ckpt_search} comes from an unknown search space {args.space!r}")
     try:
-        return SPACES[args.space], SPACES[args.space].parse(text)
+        return SPACES[args.space], SPACES[args.space].parse(text), found
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        hint = "" if space else " (no --space given: read as NB201; pass --space mobilenet for a MobileNet model_id)"
+        raise UsageError(f"{err}{hint}") from None
+
+
+def default_dataset(args, found: dict | None) -> str | None:
+    """Fill --dataset when it is not given; returns the line that says what was taken, or None.
+
+    With --ckpt-search: the dataset the supernet was trained on, read from its run's config.json. Only the name is
+    taken: the files are always read from --data, never from a path found in a file. Otherwise the space's own:
+    imagenet for --space mobilenet and for the darts imagenet variant (224 px), cifar10 for the rest.
+    """
+    if args.dataset is not None:
+        return None
+    args.dataset = "imagenet" if args.space == "mobilenet" or args.variant == "imagenet" else "cifar10"
+    if found is None:
+        return None
+    supernet = found.get("ckpt")
+    config = os.path.join(os.path.dirname(supernet), "config.json") if isinstance(supernet, str) else None
+    try:
+        with open(config) as f:
+            name = json.load(f)["dataset"]
+    except (TypeError, OSError, ValueError, KeyError):
+        name = None
+    if name not in DATASETS:
+        return f"retrain.py: no config.json of the supernet run beside {supernet}: --dataset {args.dataset} (pass --dataset)"
+    args.dataset = name
+    return (
+        f"retrain.py: --dataset {name}, the supernet run's ({config}); read from --data {args.data}, override with --dataset"
+    )
 
 
 def fill_recipe(args) -> None:
@@ -207,7 +266,7 @@ def fill_recipe(args) -> None:
     if args.space != "mobilenet" and (args.width is not None or args.dropout is not None):
         raise UsageError(f"--width and --dropout apply to --space mobilenet only, not to --space {args.space}")
     if args.dropout is not None and args.dropout >= 1:
-        raise UsageError(f"--dropout {args.dropout} would drop every feature; give a probability below 1 (SPEC 6: 0.2)")
+        raise UsageError(f"--dropout {args.dropout} would drop every feature; give a probability below 1 (method.md §6: 0.2)")
     common.fill_defaults(args, recipe)
     if args.image_size is None:
         args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
@@ -215,13 +274,13 @@ def fill_recipe(args) -> None:
 
 def lr_at(epoch: int, args, step: int = 0, total_steps: int = 1) -> float:
     if args.lr_schedule == "linear-iter":
-        # SPEC 6 (MobileNet): lr * (1 - t / T) at iteration t of T, no warm-up (the official per-step LambdaLR)
+        # method.md §6 (MobileNet): lr * (1 - t / T) at iteration t of T, no warm-up (the official per-step LambdaLR)
         return args.lr * (1.0 - step / total_steps)
     if args.lr_schedule == "linear":
-        # SPEC 6 (ImageNet), the official adjust_lr: linear decay per epoch, lr * (E-5-e) / (E-5), and over the last
+        # method.md §6 (ImageNet), the official adjust_lr: linear decay per epoch, lr * (E-5-e) / (E-5), and over the last
         # 5 epochs a 5x smaller slope, lr * (E-e) / ((E-5)*5), so the lr never reaches 0 (the "tiny tail"). Runs of
         # at most 5 epochs (smoke runs) decay as lr * (E-e) / E instead. During the first W warm-up epochs that value
-        # is multiplied by (e+1)/W, as the official code does (SPEC 6 rounds it to lr * (e+1) / 5).
+        # is multiplied by (e+1)/W, as the official code does (method.md §6 rounds it to lr * (e+1) / 5).
         e, total, tail = epoch, args.epochs, 5
         if total <= tail:
             lr = args.lr * (total - e) / total
@@ -271,7 +330,7 @@ def model_classes(model) -> int:
 def count(space, arch, net_args: dict) -> tuple[int, int, int]:
     """(parameters with the auxiliary head, parameters without it, multiply-adds without it at the input size).
 
-    Table 3 convention (SPEC 7.2): parameters and FLOPs of the network without the auxiliary head, FLOPs counted as
+    Table 3 convention (method.md §7.2): parameters and FLOPs of the network without the auxiliary head, FLOPs counted as
     multiply-adds of convolutions and linear layers (torch.utils.flop_counter, halved). Built on the meta device.
     """
     with torch.device("meta"):
@@ -296,137 +355,154 @@ def check_aux_head(space, arch, net_args: dict) -> None:
             ) from None
 
 
-def main():
-    args = p.parse_args()
-    space, arch = resolve_arch(args)
-    arch_text = space.format(arch)
-    if args.out is None:
-        args.out = os.path.join(
-            "runs", f"retrain-{args.dataset}-{hashlib.sha1(arch_text.encode()).hexdigest()[:8]}-s{args.seed}"
-        )
-    if args.count_only:  # no data, no run directory: the network's size and cost, then exit
-        fill_recipe(args)
-        num_classes = NUM_CLASSES.get(args.dataset)
-        if num_classes is None:  # folder data: list the class folders
-            num_classes = load_dataset(args.dataset, args.data, "train", augment=False).num_classes
-        net_args = space.retrain_args(args, num_classes)
-        n_aux, n_bare, flops = count(space, arch, net_args)
-        aux = f" without the auxiliary head, {n_aux:,} with it" if n_aux != n_bare else ""
-        print(
-            f"{arch_text}\n{args.space} {args.variant} network {net_args}: {n_bare:,} parameters "
-            f"({n_bare / 1e6:.2f}M){aux} | {flops / 1e6:.1f}M multiply-adds at {args.image_size}x{args.image_size}"
-        )
-        return
+def real_label_data(args):
+    """The training set with its real labels (standard augmentation) and the test set (none); (train, test, K).
 
-    # ------------------------------------------------------------------------------------------
-    # BOILERPLATE: devices, torchrun, run directory, resume.
-    d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
-    ckpt_path, log_path = os.path.join(args.out, "retrain.pt"), os.path.join(args.out, "log.jsonl")
-    ckpt = None
-    common.check_run_dir(args.out, args.resume, args.force, "retrain.pt")
-    if args.resume:
-        ckpt = common.load_checkpoint(ckpt_path, "retrain checkpoint")
-        if ckpt.get("stage") != "retrain":
-            raise UsageError(f"{ckpt_path} is not a retrain.py checkpoint")
-        if ckpt["arch"] != arch_text:
-            raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_text}")
-        for key, saved in ckpt["config"].items():
-            if key not in RUN_FLAGS and key not in ("arch", "genotype", "ckpt_search"):
-                setattr(args, key, saved)
-    fill_recipe(args)
-
-    # ------------------------------------------------------------------------------------------
-    # Data: real labels, standard augmentation on train, none on test.
+    --dataset imagenet: the MobileNet retraining normalizes with ImageNet mean/std and has no lighting; the DARTS one
+    keeps the supernet's pipeline (method.md §6).
+    """
     kw = dict(image_size=args.image_size, fake_images=args.fake_images, fake_seed=args.data_seed)
-    # --dataset imagenet: the MobileNet retraining normalizes with ImageNet mean/std and has no lighting; the DARTS
-    # one keeps the supernet's pipeline (SPEC 6)
     kw["imagenet_style"] = "normalize" if args.space == "mobilenet" else "lighting"
     base = load_dataset(args.dataset, args.data, "train", augment=True, **kw)
     test_set = load_dataset(args.dataset, args.data, "test", augment=False, **kw)
     indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)
     train_set = Relabeled(base, indices, base.targets.long())
-    if args.aux_weight > 0:
-        check_aux_head(space, arch, space.retrain_args(args, base.num_classes))
-    if not args.resume and d.master:
-        common.make_run_dir(args.out, args.force, "retrain.pt")
-    if d.ddp:
-        torch.distributed.barrier()
-    test_view = Relabeled(test_set, torch.arange(len(test_set)), test_set.targets.long())
     if args.data_path == "tensor" and not in_memory(train_set):
         raise UsageError(
             f"--data-path tensor needs an in-memory dataset (cifar10/100, imagenet16-120, fake), not {args.dataset}"
         )
+    return train_set, Relabeled(test_set, torch.arange(len(test_set)), test_set.targets.long()), base.num_classes
+
+
+def build_network(args, space, arch, net_args: dict, d):
+    """BOILERPLATE: the stand-alone network on its device -> (raw_model, model (DDP under torchrun), memory format)."""
+    raw_model = space.network(arch, net_args, aux=args.aux_weight > 0).to(d.device)
+    fmt = common.memory_format(args.memory_format, d.device)
+    raw_model = raw_model.to(memory_format=fmt)
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
+    return raw_model, model, fmt
+
+
+def regularize(args, raw_model, x: torch.Tensor, step: int, rank: int) -> torch.Tensor:
+    """DARTS cutout, drop-path and MobileNet dropout: their squares and masks come from a generator seeded by
+    (seed, step, rank), so a resumed run draws the same ones and the data pipeline's own random stream is left
+    untouched. Returns the batch (B, 3, H, W), with the cutout squares where --cutout asks for them."""
+    if not (args.cutout or args.drop_path or args.dropout):
+        return x
+    gen = torch.Generator(device=x.device).manual_seed(epoch_seed(args.seed, step, rank))
+    raw_model.drop_generator = gen
+    return cutout(x, args.cutout, gen) if args.cutout else x
+
+
+def train_step(model, optimizer, x, y, *, aux_weight=0.0, label_smoothing=0.0, grad_clip=0.0, clip_mode="norm", amp=False):
+    """One SGD step of the stand-alone network on a batch of real labels; returns (loss, logits (B, K))."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):  # --amp: bf16 forward
+        out = model(x)  # (B, K), or with the auxiliary head in training: ((B, K), (B, K))
+        logits, aux = out if isinstance(out, tuple) else (out, None)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        if aux is not None:  # DARTS: loss + 0.4 * the auxiliary head's loss (method.md §6)
+            loss = loss + aux_weight * F.cross_entropy(aux.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    common.clip_gradients(optimizer, clip_mode, grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
+def sizes(space, arch, net_args: dict) -> str:
+    """'N parameters (x.xxM) | M multiply-adds at SxS', the auxiliary head named only where the network has one."""
+    n_aux, n_bare, flops = count(space, arch, net_args)
+    aux = f" without the auxiliary head, {n_aux:,} with it" if n_aux != n_bare else ""
+    size = net_args.get("image_size", 32)
+    return f"{n_bare:,} parameters ({n_bare / 1e6:.2f}M){aux} | {flops / 1e6:.1f}M multiply-adds at {size}x{size}"
+
+
+def count_only(args, space, arch) -> None:
+    """--count-only: the network's parameters and multiply-adds, with no data read and no run directory."""
+    fill_recipe(args)
+    num_classes = NUM_CLASSES.get(args.dataset)
+    if num_classes is None:  # folder data: list the class folders
+        num_classes = load_dataset(args.dataset, args.data, "train", augment=False).num_classes
+    net_args = space.retrain_args(args, num_classes)
+    print(f"{space.format(arch)}\n{args.space} {args.variant} network {net_args}: {sizes(space, arch, net_args)}")
+
+
+def main():
+    args = p.parse_args()
+    space, arch, found = resolve_arch(args)
+    took = default_dataset(args, found)  # the flag, else the supernet run's, else the space's own
+    arch_text = space.format(arch)
+    if args.out is None:
+        arch_hash = hashlib.sha1(arch_text.encode()).hexdigest()[:8]
+        args.out = os.path.join("runs", f"retrain-{args.dataset}-{arch_hash}-s{args.seed}")
+    if args.count_only:
+        if took:
+            print(took)
+        return count_only(args, space, arch)
+
+    # ------------------------------------------------------------------------------------------
+    # BOILERPLATE: devices, torchrun, run directory; a resumed run takes its own settings back (checkpoint.py).
+    d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
+    if took and not args.resume:
+        print0(took)
+    ckpt_path, log_path = os.path.join(args.out, "retrain.pt"), os.path.join(args.out, "log.jsonl")
+    ckpt = checkpoint.open_run(args, ckpt_path, CKPT_KEYS, RUN_FLAGS | {"arch", "genotype", "ckpt_search"})
+    if ckpt is not None and ckpt["arch"] != arch_text:
+        raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_text}")
+    fill_recipe(args)
+
+    # ------------------------------------------------------------------------------------------
+    # Data: real labels, standard augmentation on train, none on test.
+    train_set, test_set, num_classes = real_label_data(args)
+    net_args = space.retrain_args(args, num_classes)
+    if args.aux_weight > 0:
+        check_aux_head(space, arch, net_args)
     fast, cache = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(train_set)), {}
+    if not args.resume and d.master:
+        checkpoint.make_run_dir(args.out, args.force, "retrain.pt")
+    if d.ddp:
+        torch.distributed.barrier()
     test_loader = epoch_loader(
-        test_view, args.batch_size, False, args.seed, 0, d.device, d.rank, d.world_size, args.workers, fast, cache
+        test_set, args.batch_size, False, args.seed, 0, d.device, d.rank, d.world_size, args.workers, fast, cache
     )
 
     # ------------------------------------------------------------------------------------------
     # Model and optimizer.
     torch.manual_seed(args.seed)
-    net_args = space.retrain_args(args, base.num_classes)
-    raw_model = space.network(arch, net_args, aux=args.aux_weight > 0).to(d.device)
-    fmt = common.memory_format(args.memory_format, d.device)
-    acc_dtype = torch.float32 if d.device.type == "mps" else torch.float64  # running loss/accuracy sums (no fp64 on MPS)
-    raw_model = raw_model.to(memory_format=fmt)
-    if d.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
+    raw_model, model, fmt = build_network(args, space, arch, net_args, d)
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
-    start_epoch, start_batch, step = 0, 0, 0
-    if ckpt is not None:
-        try:
-            raw_model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"{ckpt_path} does not fit the network it describes ({str(err).splitlines()[0][:120]})") from None
-        start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch", 0), ckpt.get("step", 0)
-        if d.master and os.path.exists(log_path):  # the epoch a crash lost is redone: drop its log line
-            with open(log_path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= start_epoch]
-            with open(log_path, "w") as f:
-                f.writelines(kept)
-        print0(f"resumed {ckpt_path} at epoch {start_epoch}")
-    elif d.master:
-        common.atomic_write_json(
-            {**vars(args), "arch": arch_text, "git_commit": common.git_commit()}, os.path.join(args.out, "config.json")
-        )
-    n_aux, n_bare, flops = count(space, arch, net_args)
+    if ckpt is None:
+        start_epoch, step = 0, 0
+        if d.master:
+            config = {**vars(args), "arch": arch_text, "git_commit": common.git_commit()}
+            common.atomic_write_json(config, os.path.join(args.out, "config.json"))
+    else:  # BOILERPLATE: continue exactly where the run stopped (checkpoint.py)
+        start_epoch, _, step = checkpoint.restore(ckpt, ckpt_path, raw_model, optimizer, d, log_path)
     print0(
-        f"retrain {arch_text} | {args.space} {args.variant} {net_args} | {n_aux:,} parameters "
-        f"({n_bare / 1e6:.2f}M without the auxiliary head) | {flops / 1e6:.1f}M multiply-adds at {args.image_size}px | "
+        f"retrain {arch_text} | {args.space} {args.variant} {net_args} | {sizes(space, arch, net_args)} | "
         f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}"
     )
 
-    def save(epoch: int, batch: int, totals):
-        """retrain.pt, atomically; `batch` > 0 marks a mid-epoch checkpoint (--save-every-steps), with every rank's
-        running totals so the resumed epoch logs the same numbers."""
-        if batch:
-            per_rank = [totals.cpu().double()]
-            if d.ddp:
-                per_rank = [None] * d.world_size
-                torch.distributed.all_gather_object(per_rank, totals.cpu().double())
-            totals = torch.stack(per_rank)  # (world_size, 3)
-        if d.master:
-            state = {
-                "stage": "retrain",
-                "epoch": epoch,
-                "batch": batch,
-                "step": step,
-                "totals": totals,
-                "arch": arch_text,
-            }
-            state.update(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), config=vars(args))
-            common.atomic_save({**state, "test_top1": top1, "test_top5": top5}, ckpt_path)
+    def save(epoch: int, batch: int, totals=None):
+        """retrain.pt: weights, momentum and where in the run, so that a resumed run is exact (checkpoint.py)."""
+        state = dict(
+            stage="retrain", epoch=epoch, batch=batch, step=step, world_size=d.world_size, arch=arch_text,
+            model=raw_model.state_dict(), optimizer=optimizer.state_dict(), config=vars(args), test_top1=top1,
+            test_top5=top5,
+        )  # fmt: skip
+        checkpoint.save(ckpt_path, d, state, totals)
 
     # ------------------------------------------------------------------------------------------
     # Training loop (lr per epoch: cosine to 0 as NAS-Bench-201 and DARTS, or warm-up + linear for ImageNet).
-    t_run, steps_run = time.time(), 0
     top1, top5 = (ckpt.get("test_top1"), ckpt.get("test_top5")) if ckpt else (None, None)
+    recipe = dict(aux_weight=args.aux_weight, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip)
+    recipe.update(clip_mode=args.clip_mode, amp=args.amp)
+    progress = common.Progress("retrain.py", args.epochs, d.world_size, acc="train acc")
     for epoch in range(start_epoch, args.epochs):
         lr = lr_at(epoch, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        common.set_lr(optimizer, lr)
         if args.drop_path > 0:  # DARTS: the drop-path probability grows linearly with the epoch
             raw_model.drop_path_prob = args.drop_path * epoch / args.epochs
         if not fast:
@@ -435,72 +511,35 @@ def main():
             train_set, args.batch_size, True, args.seed, epoch, d.device, d.rank, d.world_size, args.workers, fast, cache
         )
         model.train()
-        t0, seen, skip = time.time(), 0, 0
-        totals = torch.zeros(3, dtype=acc_dtype, device=d.device)  # loss sum, correct, images on this rank
-        if epoch == start_epoch and start_batch:  # resuming inside this epoch: its first batches are done
-            skip, totals = start_batch, ckpt["totals"][d.rank].to(d.device, acc_dtype)
+        skip, totals = checkpoint.epoch_totals(ckpt, epoch, d)  # loss sum, correct, images on this rank
+        progress.start_epoch(epoch, len(loader))
         for i, (x, y) in enumerate(loader):
             if i < skip:
                 continue  # drawn again (same order, same crops) but already trained on
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
-            if args.cutout or args.drop_path or args.dropout:
-                # cutout squares, drop-path and dropout masks come from a generator seeded by (seed, step, rank): a
-                # resumed run draws the same ones, and the data pipeline's own random stream is left untouched
-                gen = torch.Generator(device=x.device).manual_seed(epoch_seed(args.seed, step, d.rank))
-                raw_model.drop_generator = gen
-                if args.cutout:
-                    x = cutout(x, args.cutout, gen)
-            x = x.contiguous(memory_format=fmt)
+            x = regularize(args, raw_model, x, step, d.rank).contiguous(memory_format=fmt)
             if args.lr_schedule == "linear-iter":  # per-iteration schedule (MobileNet)
                 lr = lr_at(epoch, args, step, args.epochs * len(loader))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.amp):  # --amp: bf16 forward
-                out = model(x)  # (B, K), or with the auxiliary head in training: ((B, K), (B, K))
-                logits, aux = out if isinstance(out, tuple) else (out, None)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
-                if aux is not None:  # DARTS: loss + 0.4 * the auxiliary head's loss (SPEC 6)
-                    loss = loss + args.aux_weight * F.cross_entropy(aux.float(), y, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            common.clip_gradients(optimizer, args.clip_mode, args.grad_clip)
-            optimizer.step()
-            # running sums stay on the device: no host synchronisation per step
-            totals[0] += loss.detach().to(acc_dtype) * len(y)
+                common.set_lr(optimizer, lr)
+            loss, logits = train_step(model, optimizer, x, y, **recipe)
+            totals[0] += loss.detach().to(totals.dtype) * len(y)  # running sums stay on the device: no host sync
             totals[1] += (logits.argmax(1) == y).sum()
             totals[2] += len(y)
-            steps_run, seen, step = steps_run + 1, seen + len(y), step + 1
-            if (i + 1) % args.log_every == 0 or i + 1 == len(loader):
-                if not torch.isfinite(totals[0]):
-                    raise SystemExit(
-                        f"retrain.py: error: the loss is not finite at epoch {epoch + 1} step {i + 1}; lower --lr"
-                    )
-                rate = seen * d.world_size / (time.time() - t0)
-                eta = ((args.epochs - epoch) * len(loader) - i - 1) * (time.time() - t_run) / steps_run
-                print0(
-                    f"epoch {epoch + 1}/{args.epochs} | step {i + 1}/{len(loader)} | loss {totals[0] / totals[2]:.4f} | "
-                    f"train acc {100 * totals[1] / totals[2]:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | "
-                    f"ETA {common.format_time(eta)}"
-                )
+            step += 1
+            progress.step(i, len(y), totals, lr, args.log_every)
             if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
                 save(epoch, i + 1, totals)
         if d.ddp:  # the epoch's loss and accuracy over all ranks
             torch.distributed.all_reduce(totals)
-        entry = {
-            "epoch": epoch + 1,
-            "loss": (totals[0] / totals[2]).item(),
-            "train_acc": (100 * totals[1] / totals[2]).item(),
-            "lr": lr,
-            "seconds": time.time() - t0,
-        }
+        loss, acc = (totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
+        entry = dict(epoch=epoch + 1, loss=loss, train_acc=acc, lr=lr, seconds=progress.end_epoch()[1])
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             top1, top5 = evaluate(model, test_loader, d.device, d)
             entry.update(test_top1=top1, test_top5=top5)
             print0(f"epoch {epoch + 1}/{args.epochs} | test top-1 {top1:.2f}% | top-5 {top5:.2f}%")
         if d.master:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-        save(epoch + 1, 0, None)  # after the log line: a crash in between only repeats this epoch
+            common.append_jsonl(log_path, entry)
+        save(epoch + 1, 0)  # after the log line: a crash in between only repeats this epoch
     print0(f"done: {arch_text} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
     common.cleanup_distributed(d)
 

@@ -34,6 +34,7 @@ import torch
 
 import benchmark
 import common
+from angle import VECTORS
 from benchmark import BenchmarkError, default_benchmark, load_benchmark
 from common import UsageError
 from data import DataError
@@ -68,6 +69,13 @@ g.add_argument(
     choices=["angle", "accuracy", "params", "random"],
     help="angle: RLNAS (default); accuracy: one-shot accuracy on held-out real labels after BN recalibration "
     "(Table 1 A/C); params: parameter count, the trivial proxy; random: a seeded random score (random search)",
+)
+g.add_argument(
+    "--vector",
+    choices=sorted(VECTORS),
+    default="official",
+    help="NB201 angle: which parts enter the weight vector; official (default) or an ablation without the stem/head "
+    "and/or the reduction blocks (method.md §4.6)",
 )
 g.add_argument("--exhaustive", action="store_true", help="score all 15,625 NB201 architectures instead of evolving")
 g.add_argument(
@@ -137,6 +145,7 @@ SEARCH_KEYS = (
     "generations",
     "seed",
     "max_flops",
+    "vector",
 )
 
 
@@ -149,7 +158,10 @@ def make_fitness(args, space, w0: dict, wt: dict, net_args: dict, ckpt: dict):
     """The batched fitness the evolution maximises: list of archs -> list of floats."""
     if args.fitness == "angle":
         # RLNAS: the angle. One pass over both state_dicts, then any angle is a handful of sums (angle.py).
-        scorer = space.scorer(w0, wt, net_args)
+        try:
+            scorer = space.scorer(w0, wt, net_args, vector=args.vector)  # --vector: which parts enter V (method.md §4.6)
+        except ValueError as err:
+            raise UsageError(f"--vector: {err}") from None
         return lambda archs: scorer.angles(archs).tolist()
     # the baselines the angle is compared with (paper Table 1), in benchmark.py
     if args.fitness == "params":
@@ -246,7 +258,9 @@ def main():
     # RLNAS: the fitness, the angle (or one of the baselines it is compared with).
     fitness = make_fitness(args, space, w0, wt, net_args, ckpt)
     t_load = time.time() - t_start
-    settings = {k: getattr(args, k) for k in SEARCH_KEYS if k != "max_flops" or args.max_flops is not None}
+    # settings left at their neutral value are not recorded, so older search.json files still resume
+    unset = {"max_flops": None, "vector": "official"}
+    settings = {k: getattr(args, k) for k in SEARCH_KEYS if k not in unset or getattr(args, k) != unset[k]}
     ident = {"ckpt": os.path.abspath(args.ckpt), "ckpt_epoch": ckpt["epoch"], "ckpt_fingerprint": common.state_fingerprint(wt)}
     memo = load_previous(out, settings, ident, space) if args.resume else {}
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -28,7 +28,7 @@ variant, image_size, width). The fields, documented once:
     parse(text) -> arch                   ValueError with a one-line message naming what is wrong
     format(arch) -> str                   the string users see
     tie_key(arch)                         how search.py orders archs whose fitness ties (evolution.rank)
-    scorer(w0, wt, net_args)              the fast angle: an object with .angles(list of archs) -> 1-D array
+    scorer(w0, wt, net_args, vector=)     the fast angle: an object with .angles(list of archs) -> 1-D array
     flops(arch, net_args) -> int          multiply-adds of the candidate at the input size; None: no FLOPs count
     min_flops(net_args) -> int            multiply-adds of the cheapest architecture (search.py refuses a lower
                                           --max-flops at once instead of drawing candidates in vain); None with flops

@@ -149,6 +149,7 @@ def test_non_finite_loss_stops_the_run_before_a_checkpoint(tmp_path):
     assert not (tmp_path / "nan" / "supernet.pt").exists()  # no NaN weights were checkpointed
 
 
+MOBILENET_ARCH = ["--space", "mobilenet", "--arch", "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2"]  # a Table 5 model_id
 SEP3_POOL = (
     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
     "('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], normal_concat=[2, 3, 4, 5], "
@@ -162,7 +163,7 @@ SEP3_POOL = (
     [
         # the DARTS auxiliary head needs an 8x8 map at cell 2L//3 (32 px on the cifar network)
         (["--genotype", SEP3_POOL, "--channels", "4", "--layers", "3", "--image-size", "16"], ["16", "auxiliary head"]),
-        (["--arch", "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2", "--width", "0.125", "--dropout", "1"], ["--dropout"]),
+        ([*MOBILENET_ARCH, "--width", "0.125", "--dropout", "1"], ["--dropout"]),
     ],
     ids=["darts-aux-head-too-small", "mobilenet-dropout-1"],
 )

@@ -247,7 +247,7 @@ def test_script_errors_are_one_line(mb_run):
     out, _, run = mb_run
     cases = [
         ("search.py", "--ckpt", out / "supernet.pt", "--max-flops", 0.05, "--out", out / "x.json"),  # below the cheapest
-        ("retrain.py", "--arch", "2 0 -1", "--count-only"),  # a model_id of the wrong length
+        ("retrain.py", "--space", "mobilenet", "--arch", "2 0 -1", "--count-only"),  # a model_id of the wrong length
         ("train.py", *TINY_MB.split(), "--channels", 8, "--out", out.parent / "bad"),  # NB201 flag on mobilenet
     ]
     messages = ["no mobilenet architecture is that small", "21 block choices, got 3", "scale it with --width"]

@@ -159,6 +159,7 @@ DARTS_GENOTYPE = (
     "reduce=[('max_pool_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 1), ('avg_pool_3x3', 2), "
     "('dil_conv_3x3', 0), ('sep_conv_5x5', 3), ('skip_connect', 0), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
 )
+MOBILENET_ARCH = ["--space", "mobilenet", "--arch", "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2"]  # a Table 5 model_id
 OTHER = ["--dataset", "fake", "--fake-images", 192, "--batch-size", 16, "--workers", 0, "--epochs", 3]
 
 
@@ -171,7 +172,7 @@ OTHER = ["--dataset", "fake", "--fake-images", 192, "--batch-size", 16, "--worke
         # the DARTS CIFAR protocol: auxiliary head, drop path and cutout all draw randomness every step
         (["--genotype", DARTS_GENOTYPE, "--channels", 4, "--layers", 3, "--image-size", 32, "--cutout", 8, *OTHER], 3),
         # the MobileNet protocol: lr linear per iteration, dropout before the classifier
-        (["--arch", "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2", "--width", 0.125, "--image-size", 16, *OTHER], 3),
+        ([*MOBILENET_ARCH, "--width", 0.125, "--image-size", 16, *OTHER], 3),
     ],
     ids=["nb201", "darts-cifar", "mobilenet"],
 )  # fmt: skip

@@ -1,0 +1,260 @@
+"""
+BOILERPLATE: run directories and the exact resume of train.py and retrain.py.
+
+Nothing here is part of the method. A long run can be killed at any step (SIGKILL, power loss, a lost GPU) and
+`--resume` must then end bit-identical to an uninterrupted run, on one process or under torchrun. For that a
+checkpoint holds everything that steers the next step, and a resumed run checks that it continues the same run:
+
+    open_run(args, path, ...)        --out, --resume and --force against what is on disk (check_run_dir); with
+                                     --resume the run's checkpoint, checked to be a complete one of its stage, and
+                                     the run's own settings back (merge_flags; train.py: a differing flag is an error)
+    make_run_dir(out, force, marker) the new run's directory, once the data is there; never loses a user's file
+    check_labels(saved, record)      ... the same random labels and the same images (train.py)
+    load_w0(path, fingerprint)       ... and its own W0, the initial weights the angle is measured from (train.py)
+    restore(ckpt, ...)               weights, SGD momentum, the path sampler, which parameters hold a gradient tensor,
+                                     the log trimmed to the epoch being redone; returns (epoch, batch, step)
+    epoch_totals(ckpt, epoch, ...)   where a resumed epoch starts: batches to skip, every rank's running totals
+    save(path, d, state, totals)     the checkpoint, atomically; mid-epoch with every rank's running totals
+    ranks_agree(d, labels_sha, ...)  DDP: after each epoch, check that all ranks hold the same labels and weights
+
+The stage scripts call only these names; the files' format is described in the README ("Run directory and
+checkpoints").
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+
+import torch
+
+import common
+import random_labels
+from common import UsageError, print0
+
+# ----------------------------------------------------------------------------------------------
+# Run directories.
+# What each stage writes into its run directory (search.py and its plots may add theirs beside a supernet). --force
+# deletes a directory only when every entry in it matches its stage's list, so it can never empty a directory that
+# holds anything else: '.', a repository, a home directory, another stage's run.
+RUN_FILES = {
+    "train": ("supernet.pt", "supernet_init.pt", "supernet_ep*.pt", "log.jsonl", "config.json", "search*.json", "*.png"),
+    "retrain": ("retrain.pt", "log.jsonl", "config.json"),
+}
+STAGE_OF = {"supernet.pt": "train", "retrain.pt": "retrain"}
+
+
+def _foreign_entries(out: str, stage: str) -> list[str]:
+    """Entries of `out` that `stage` did not write (temp files of its atomic writes count as its own)."""
+    patterns = RUN_FILES[stage]
+    own = lambda name: any(fnmatch.fnmatchcase(name.removesuffix(".tmp"), pat) for pat in patterns)  # noqa: E731
+    return sorted(name for name in os.listdir(out) if not (own(name) and os.path.isfile(os.path.join(out, name))))
+
+
+def _protected(out: str) -> str | None:
+    """Why `out` must never be deleted whatever it holds, or None."""
+    real = os.path.realpath(out)
+    here = os.path.realpath(os.getcwd())
+    if real == here or here.startswith(real.rstrip(os.sep) + os.sep):
+        return "it is the current directory or holds it"
+    if real in {os.path.realpath(os.path.expanduser("~")), os.path.realpath(os.sep)}:
+        return "it is a home or root directory"
+    if os.path.exists(os.path.join(real, ".git")):
+        return "it is a git repository"
+    return None
+
+
+def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
+    """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk."""
+    stage = STAGE_OF[marker]
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a directory; pass --out DIR for the run directory")
+    if resume:
+        if not os.path.isfile(os.path.join(out, marker)):
+            raise UsageError(
+                f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run"
+            )
+    elif os.path.isdir(out) and os.listdir(out):
+        if not force:
+            raise UsageError(
+                f"run directory {out} already exists: pass --resume to continue it, "
+                "--force to overwrite it, or --out DIR for a new run"
+            )
+        why = _protected(out)
+        foreign = _foreign_entries(out, stage)
+        if why is None and foreign:
+            why = f"it holds {foreign[0]!r}, which {stage}.py did not write"
+        if why is None and not os.path.isfile(os.path.join(out, "config.json")):
+            why = f"it has no config.json, so it is not a {stage}.py run directory"
+        if why:
+            raise UsageError(f"--force refused: {out} is not a {stage}.py run directory ({why}); pass --out DIR")
+
+
+def make_run_dir(out: str, force: bool, marker: str) -> None:
+    """Create a new run directory (master only); with --force the files of an old run of the same stage go first.
+
+    check_run_dir has already refused anything else, and only that stage's own files are removed one by one: never
+    shutil.rmtree, so even a race with a user's file appearing meanwhile cannot take it along.
+    """
+    if force and os.path.isdir(out):
+        stage = STAGE_OF[marker]
+        if _protected(out) or _foreign_entries(out, stage):
+            raise UsageError(f"--force refused: {out} changed meanwhile and now holds other files; pass --out DIR")
+        for name in os.listdir(out):
+            os.remove(os.path.join(out, name))
+    os.makedirs(out, exist_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening a run to resume: is it the same run?
+def open_run(args, path: str, keys, keep, defaults: dict | None = None) -> dict | None:
+    """Check --out/--resume/--force against the disk (on every rank: all fail alike); with --resume, load the run's
+    checkpoint `path` (supernet.pt or retrain.pt), refuse it unless it is a complete one of its stage, and take the
+    run's settings back (merge_flags). Returns the checkpoint, or None for a new run."""
+    marker = os.path.basename(path)
+    check_run_dir(args.out, args.resume, args.force, marker)
+    if not args.resume:
+        return None
+    stage = STAGE_OF[marker]
+    ckpt = common.load_checkpoint(path, f"{'supernet' if stage == 'train' else stage} checkpoint")
+    missing = set(keys) - set(ckpt)
+    if ckpt.get("stage") != stage or missing:
+        raise UsageError(
+            f"{path} is not a complete {stage}.py checkpoint (missing {sorted(missing)}); "
+            f"resume a directory written by {stage}.py"
+        )
+    merge_flags(args, ckpt["config"], keep, defaults)
+    return ckpt
+
+
+def merge_flags(args, config: dict, keep, defaults: dict | None = None) -> None:
+    """A resumed run takes its own settings back: every flag of `config` (the run's vars(args)) but those in `keep`
+    (how to run, not what the run is: --out, --log-every, --device ...).
+
+    With `defaults` (train.py), a flag given explicitly with another value than the run's is an error, not silently
+    dropped; without (retrain.py), the run's value wins. Keys the parser no longer knows are skipped.
+    """
+    for key, saved in config.items():
+        if key in keep or not hasattr(args, key):
+            continue
+        if defaults is not None:
+            if key not in defaults:
+                continue
+            now = getattr(args, key)
+            if now != defaults[key] and now != saved:  # given explicitly and different from the run's own value
+                raise UsageError(
+                    f"--{key.replace('_', '-')} {now} differs from the run being resumed ({saved}); "
+                    "drop the flag or start a new run with --out"
+                )
+        setattr(args, key, saved)
+
+
+def check_labels(saved: dict, record: dict) -> None:
+    """The resumed run trains on the same random labels (sha256 of the draw) and the same images as before."""
+    try:
+        random_labels.check_same_labels(dict(saved), record)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if saved.get("indices_sha256") != record["indices_sha256"]:
+        raise UsageError("the resumed run would train on other images (split/subset changed); use the run's own settings")
+
+
+def load_w0(path: str, fingerprint: str) -> dict:
+    """The run's own W0 (supernet_init.pt), checked against the fingerprint its supernet.pt recorded."""
+    init = common.load_checkpoint(path, "initial weights")
+    if init.get("fingerprint") != fingerprint:
+        raise UsageError(f"{path} is not the W0 of this run (fingerprint differs); restore the run's own file")
+    return init.get("model")
+
+
+# ----------------------------------------------------------------------------------------------
+# Restoring and saving the train state.
+def grad_holders(model: torch.nn.Module) -> list[str]:
+    """Which parameters hold a gradient tensor (zeros included): with train.py --unsampled decay, an op once sampled
+    keeps a zero gradient and so keeps getting weight decay and momentum; a resumed run must know exactly which."""
+    return [n for n, q in model.named_parameters() if q.grad is not None]
+
+
+def restore(
+    ckpt: dict, path: str, model, optimizer, d, log_path: str, generator=None, what: str = "network"
+) -> tuple[int, int, int]:
+    """Put a run back where its checkpoint left it; returns (finished epochs, batches done in the next, step).
+
+    Weights, optimizer state (momentum buffers), the path sampler's generator (train.py) and the gradient holders.
+    Log lines of an epoch the crash lost are dropped: that epoch is redone and logs them again.
+    """
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if generator is not None:
+            generator.set_state(ckpt["rng"]["path"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{path} does not fit the {what} it describes ({str(err).splitlines()[0][:120]})") from None
+    if ckpt.get("world_size", d.world_size) != d.world_size:
+        print0(
+            f"warning: the run used {ckpt['world_size']} processes, now {d.world_size}: "
+            "the data shards differ, so the resumed run is not bit-identical to an uninterrupted one"
+        )
+    epoch, batch, step = ckpt["epoch"], ckpt.get("batch", 0), ckpt.get("step", 0)
+    params = dict(model.named_parameters())
+    for name in ckpt.get("grad_holders", ()):
+        params[name].grad = torch.zeros_like(params[name])
+    if d.master and os.path.exists(log_path):  # drop log lines of an epoch the crash lost: it is redone
+        with open(log_path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epoch]
+        with open(log_path, "w") as f:
+            f.writelines(kept)
+    print0(f"resumed {path} at epoch {epoch} + {batch} batches, step {step}")
+    return epoch, batch, step
+
+
+def epoch_totals(ckpt: dict | None, epoch: int, d) -> tuple[int, torch.Tensor]:
+    """(batches to skip, running totals) at the start of `epoch`: (0, zeros) unless a mid-epoch checkpoint is being
+    resumed inside this very epoch. Totals are this rank's loss sum, correct predictions and images, kept on the
+    device (no host synchronisation per step) in float64 (float32 on MPS, which has no float64)."""
+    dtype = torch.float32 if d.device.type == "mps" else torch.float64
+    if ckpt is not None and epoch == ckpt["epoch"] and ckpt.get("batch", 0):
+        return ckpt["batch"], ckpt["totals"][d.rank].to(d.device, dtype)
+    return 0, torch.zeros(3, dtype=dtype, device=d.device)
+
+
+def save(path: str, d, state: dict, totals: torch.Tensor | None = None) -> None:
+    """Write a checkpoint atomically (temp file, then rename), on the master process only.
+
+    state["batch"] > 0 marks a mid-epoch checkpoint (--save-every-steps): every rank's running totals are gathered
+    into it, so the resumed epoch logs the same numbers. Every rank must call it then (a collective).
+    """
+    if state["batch"]:
+        per_rank = [totals.cpu().double()]
+        if d.ddp:
+            per_rank = [None] * d.world_size
+            torch.distributed.all_gather_object(per_rank, totals.cpu().double())
+        totals = torch.stack(per_rank)  # (world_size, 3)
+    else:
+        totals = None
+    if d.master:
+        common.atomic_save({**state, "totals": totals}, path)
+
+
+def keep_copy(path: str, snapshot: str) -> None:
+    """A full, resumable and searchable copy of a checkpoint (train.py --keep-every), written atomically."""
+    shutil.copyfile(path, snapshot + ".tmp")
+    os.replace(snapshot + ".tmp", snapshot)
+
+
+def ranks_agree(d, labels_sha: str, model, epoch: int) -> list | None:
+    """DDP: gather [labels sha256, weights fingerprint] from every rank; None on one process.
+
+    Everything that must agree across ranks (method.md pitfalls 3-4): the labels and the weights. A desync would
+    otherwise go unnoticed and silently corrupt Wt. (BN running stats may differ: the angle never uses them.)
+    """
+    if not d.ddp:
+        return None
+    mine = [labels_sha, common.state_fingerprint(dict(model.named_parameters()))]
+    ranks = [None] * d.world_size
+    torch.distributed.all_gather_object(ranks, mine)
+    if any(r != mine for r in ranks):
+        raise RuntimeError(f"DDP ranks disagree after epoch {epoch + 1} (labels sha256, weights fingerprint): {ranks}")
+    return ranks
