@@ -270,8 +270,8 @@ def model_classes(model) -> int:
 def count(space, arch, net_args: dict) -> tuple[int, int, int]:
     """(parameters with the auxiliary head, parameters without it, multiply-adds without it at the input size).
 
-    Table 3 convention (SPEC 7.2): parameters and FLOPs of the network without the auxiliary head, FLOPs counted as
-    multiply-adds of convolutions and linear layers (torch.utils.flop_counter, halved). Built on the meta device.
+    Table 3 convention (method.md §7.2): parameters and FLOPs of the network without the auxiliary head, FLOPs in the
+    paper's units (supernet.count_flops: conv multiply-adds, a linear layer as (2 * in - 1) * out). Meta device.
     """
     with torch.device("meta"):
         full = space.network(arch, net_args, aux=True)
@@ -313,7 +313,8 @@ def main():
         aux = f" without the auxiliary head, {n_aux:,} with it" if n_aux != n_bare else ""
         print(
             f"{arch_text}\n{args.space} {args.variant} network {net_args}: {n_bare:,} parameters "
-            f"({n_bare / 1e6:.2f}M){aux} | {flops / 1e6:.1f}M multiply-adds at {args.image_size}x{args.image_size}"
+            f"({n_bare / 1e6:.2f}M){aux} | {flops / 1e6:.1f}M multiply-adds at {args.image_size}x{args.image_size}\n"
+            "multiply-adds in the paper's units (its thop): one per weight use in a conv, (2 x in - 1) x out per linear layer"
         )
         return
 

@@ -79,8 +79,8 @@ p.add_argument(
     "--max-flops",
     type=common.number(float, 0),
     default=None,
-    help="only architectures with at most M million multiply-adds at the supernet's input size (checked before "
-    "scoring; SPEC 5: 600 for DARTS-ImageNet; default 475 for MobileNet)",
+    help="only architectures with at most M million multiply-adds (the paper's units: a linear layer counts "
+    "(2 in - 1) out) at the supernet's input size, checked before scoring; 600 for DARTS-ImageNet; default 475 for MobileNet",
 )
 p.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
 p.add_argument("--benchmark", default=None, help="NAS-Bench-201 CSV (ArchitectureString + accuracy columns) to report against")
