@@ -317,6 +317,7 @@ def main():
                 mutation_prob=args.mutation_prob,
                 generations=args.generations,
                 mutation_choices=space.mutation_choices(net_args),  # NB201: never mutate into 'none' (SPEC 5)
+                crossover_first=space.name == "mobilenet",  # the official MobileNet loop: population - #crossovers mutants
                 constraint=constraint,
                 repair=space.repair,
                 tie_key=space.tie_key,
