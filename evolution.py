@@ -8,11 +8,17 @@ It knows nothing about networks: an architecture is a tuple of ints, one gene pe
 fitness is a function of a batch of such tuples. The loop is the one of Single Path One-Shot:
 
   - Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021, arXiv:2101.11834,
-    the search step of the method (evolution with the angle as fitness; SPEC.md section 5 lists the
+    the search step of the method (evolution with the angle as fitness; docs/method.md §5 lists the
     official settings per search space).
   - The evolution itself is SPOS's: "Single Path One-Shot Neural Architecture Search with Uniform
     Sampling", Guo et al., ECCV 2020, arXiv:1904.00420 (its search.py), which the official RLNAS
     search scripts copy. The deliberate differences from that code are marked "SPOS:" below.
+  - The official RLNAS scripts build a generation in one of two ways, and evolve() follows both:
+    NB201 and DARTS draw mutants until their quota is met, then crossovers (a bounded number of
+    draws), then random archs until the population is full; MobileNet draws crossovers first, then
+    population - #crossovers mutants, then random archs, each in a bounded number of draws
+    (crossover_first=True). Where the official loop would spin forever (an exhausted space), a guard
+    draws what is left directly, so it stops only when nothing is left (_collect, _leftovers).
 
 How it is used (search.py does this, with fitness = the batched angle against W0):
 
@@ -25,13 +31,25 @@ Check it with: python -m pytest -q tests/test_evolution.py
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable
 
 import numpy as np
 
 Arch = tuple[int, ...]  # one value per gene; hashable, so it is the key of every score dictionary
+# What a candidate generator can produce, for the exhaustion guard: a mixture of product distributions, each a
+# weight and one {value: probability} dict per gene (a random arch: one uniform product; a mutant: one per parent).
+Mixture = list[tuple[float, list[dict[int, float]]]]
+
+# The exhaustion guard of the official loops that draw until their quota is met (_collect): after STALL misses in
+# a row per candidate wanted, the rest is drawn from what the generator can still produce, listed exhaustively when
+# it reaches at most ENUMERATE_LIMIT raw archs (NB201's 15,625 and the tests' spaces). A larger reach (DARTS 8^28,
+# MobileNet 6^6 7^15) cannot be listed: there the guard takes the space as exhausted. Measured on tiny checkpoints
+# with the default settings, the longest run of misses is 172-386 (NB201, quota 50) and 2 (DARTS, quota 25).
+STALL = 100
+ENUMERATE_LIMIT = 1_000_000
 
 
 # ------------------------------------------------------------
@@ -42,7 +60,7 @@ Arch = tuple[int, ...]  # one value per gene; hashable, so it is the key of ever
 def rank(scores: dict[Arch, float], tie_key: Callable[[Arch], Hashable] | None = None, tol: float = 1e-9) -> list[Arch]:
     """Archs sorted by score, best (largest) first; scores within `tol` of a group's top are tied.
 
-    Ties are common in RLNAS: every disconnected NB201 cell has angle exactly 0 (pitfall 7), and
+    Ties are common in RLNAS: every disconnected NB201 cell has angle exactly 0 (method.md pitfall 7), and
     float noise can separate two archs whose weight vectors are equal. Walking the descending list, a
     new tie group starts when a score is more than `tol` below the FIRST (highest) score of the
     current group; inside a group archs are ordered by `tie_key(arch)` ascending (default: the tuple),
@@ -85,14 +103,14 @@ def tie_group(ordered: list[Arch], scores: dict[Arch, float], tol: float = 1e-9)
 
 def _random_arch(choices: list[list[int]], rng: np.random.Generator) -> Arch:
     # RLNAS: every gene uniform over its allowed values. For NB201 this may draw a disconnected
-    # cell (angle 0); the official search keeps those in the population too (pitfall 8).
+    # cell (angle 0); the official search keeps those in the population too (method.md pitfall 8).
     idx = rng.integers(0, [len(values) for values in choices])  # one index per gene, in a single draw
     return tuple(values[i] for values, i in zip(choices, idx.tolist()))
 
 
 def _mutate(parent: Arch, mutation_choices: list[list[int]], prob: float, rng: np.random.Generator) -> Arch:
     # EXERCISE 6 BEGIN: resample each gene with probability `prob` from its `mutation_choices`, all draws from `rng`
-    #   read: paper, method step 2 (evolutionary search, from SPOS); SPEC 5 and pitfall 8; README detail 8
+    #   read: paper, method step 2 (evolutionary search, from SPOS); method.md §5 and pitfall 8; README detail 8
     #   graded: python make_assignment.py --grade 6   (tests/test_evolution.py)
     # RLNAS/SPOS mutation: each gene is resampled with probability `prob` from `mutation_choices`.
     # NB201 passes [1..4] there, so a mutation never writes `none` (the official randint(1, 5)):
@@ -105,20 +123,88 @@ def _mutate(parent: Arch, mutation_choices: list[list[int]], prob: float, rng: n
 
 def _crossover(mother: Arch, father: Arch, rng: np.random.Generator) -> Arch:
     # EXERCISE 6 BEGIN: uniform crossover: each gene from the mother or the father with probability 1/2, drawn from `rng`
-    #   read: paper, method step 2 (evolutionary search, from SPOS); SPEC 5
+    #   read: paper, method step 2 (evolutionary search, from SPOS); method.md §5
     # RLNAS/SPOS crossover: uniform, each gene taken from either parent with probability 1/2.
     take_mother = rng.random(len(mother)) < 0.5
     return tuple(m if t else f for m, f, t in zip(mother, father, take_mother))
     # EXERCISE 6 END
 
 
-def _collect(make: Callable[[], Arch], quota: int, max_tries: int, admit: Callable[[Arch], Arch | None]) -> list[Arch]:
-    """Call `make` until `quota` candidates are admitted or `max_tries` calls are spent; may return fewer."""
+def _uniform(values: list[int]) -> dict[int, float]:
+    # what one gene of _random_arch holds (and one resampled gene of _mutate): a uniform draw from `values`
+    dist: dict[int, float] = {}
+    for v in values:
+        dist[v] = dist.get(v, 0.0) + 1.0 / len(values)
+    return dist
+
+
+def _mutated_gene(gene: int, values: list[int], prob: float) -> dict[int, float]:
+    # what _mutate writes into one gene: the parent's value with probability 1 - prob, else a uniform draw from `values`
+    dist = {gene: 1.0 - prob}
+    for v, p in _uniform(values).items():
+        dist[v] = dist.get(v, 0.0) + prob * p
+    return {v: p for v, p in dist.items() if p > 0}
+
+
+def _collect(
+    make: Callable[[], Arch],
+    quota: int,
+    admit: Callable[[Arch], Arch | None],
+    *,
+    tries: int | None = None,
+    leftovers: Callable[[int], list[Arch]] | None = None,
+) -> list[Arch]:
+    """Call `make` until `quota` candidates are admitted; fewer only when `tries` run out or nothing is left.
+
+    tries: the official loop's bound on draws (crossovers; every MobileNet generator); it may then come back short.
+    tries=None: the official loop draws until the quota is met (NB201 and DARTS mutants, the random fill), which
+    would spin forever on an exhausted space. The guard: after STALL * quota misses in a row, `leftovers(n)` draws
+    the rest from what `make` can still produce, and comes back short only when that is exhausted.
+    """
     found: list[Arch] = []
-    tries = 0
-    while len(found) < quota and tries < max_tries:
-        tries += 1
+    draws = misses = 0
+    while len(found) < quota and (tries is None or draws < tries):
+        draws += 1
         arch = admit(make())
+        if arch is not None:
+            found.append(arch)
+            misses = 0
+            continue
+        misses += 1
+        if tries is None and misses >= STALL * quota:
+            return found + (leftovers(quota - len(found)) if leftovers is not None else [])
+    return found
+
+
+def _leftovers(
+    reach: Mixture,
+    n: int,
+    fix: Callable[[Arch], Arch],
+    accept: Callable[[Arch], Arch | None],
+    visited: set[Arch],
+    rng: np.random.Generator,
+) -> list[Arch]:
+    """Up to n candidates drawn one after the other from `reach` restricted to the archs not visited yet.
+
+    That is the distribution rejection sampling ends up drawing from, without its wait (with one arch left at a
+    probability of 1e-11 per draw, rejection sampling would need some 10^11 draws to find it). Comes back short
+    only when nothing is left (the space, or its admissible part, is exhausted); empty when `reach` has more than
+    ENUMERATE_LIMIT raw archs to list (then, after STALL misses per candidate wanted, exhaustion is presumed).
+    """
+    if sum(math.prod(len(gene) for gene in genes) for _, genes in reach) > ENUMERATE_LIMIT:
+        return []
+    left: dict[Arch, float] = {}  # arch -> probability that the generator makes it (repair can merge raw archs)
+    for weight, genes in reach:
+        for combo in itertools.product(*(gene.items() for gene in genes)):
+            arch = fix(tuple(v for v, _ in combo))
+            if arch not in visited:
+                left[arch] = left.get(arch, 0.0) + weight * math.prod(p for _, p in combo)
+    archs, probs = list(left), np.array(list(left.values()), dtype=np.float64)
+    found: list[Arch] = []
+    while len(found) < n and probs.sum() > 0:
+        i = int(rng.choice(len(archs), p=probs / probs.sum()))
+        probs[i] = 0.0  # drawn: visited from now on, whether the constraint admits it or not
+        arch = accept(archs[i])
         if arch is not None:
             found.append(arch)
     return found
@@ -137,6 +223,7 @@ class Generation:
     candidates: list[Arch]  # scored (or taken from memo) this generation, in order
     archive: list[Arch]  # the elitist top-k archive after this generation, ranked
     evaluated: dict[Arch, float]  # every arch scored so far (insertion order = evaluation order)
+    made: dict[str, int] = field(default_factory=dict)  # how the candidates were made: mutation, crossover, random
 
 
 @dataclass
@@ -157,6 +244,7 @@ def evolve(
     mutation_prob: float = 0.1,
     generations: int = 20,
     mutation_choices: list[list[int]] | None = None,
+    crossover_first: bool = False,
     constraint: Callable[[Arch], bool] | None = None,
     repair: Callable[[Arch], Arch] | None = None,
     tie_key: Callable[[Arch], Hashable] | None = None,
@@ -170,8 +258,16 @@ def evolve(
     fitness(list of archs) -> one float per arch, larger is better; called at most once per generation,
     with only the archs that were never scored before and are not in `memo`.
     constraint(arch) -> bool rejects a candidate before it is scored; repair(arch) -> arch fixes every
-    new candidate first. memo maps arch -> score from an interrupted run (search.json) of the same
-    seed and settings: the run replays the same trajectory and only scores what the memo lacks.
+    new candidate first (it must map a valid arch to itself). memo maps arch -> score from an interrupted
+    run (search.json) of the same seed and settings: the run replays the same trajectory and only scores
+    what the memo lacks.
+
+    Each generation after the first is built as the official RLNAS loop of the space builds it:
+      crossover_first=False (NB201, DARTS): `mutations` mutants (always, unless the space runs out), then
+        `crossovers` children from at most 10 x (crossovers + 1) draws, then random archs up to `population`;
+      crossover_first=True (MobileNet): `crossovers` children from at most 1000 x crossovers draws, then
+        population - #children mutants from at most 1000 draws each (`mutations` is not used), then random archs
+        up to `population` from at most 1000 x population draws.
     """
     choices = [[int(v) for v in values] for values in choices]
     mutation_choices = choices if mutation_choices is None else [[int(v) for v in values] for values in mutation_choices]
@@ -192,33 +288,47 @@ def evolve(
     evaluated: dict[Arch, float] = {}
     archive: list[Arch] = []
 
-    def admit(arch: Arch) -> Arch | None:
+    def fix(arch: Arch) -> Arch:
         # RLNAS: repair first (the DARTS space maps any draw to a valid genotype), then the checks
         # run on the arch that would actually be scored.
-        if repair is not None:
-            arch = tuple(repair(arch))
-            assert len(arch) == len(choices), f"repair returned {len(arch)} genes, expected {len(choices)}"
+        if repair is None:
+            return arch
+        arch = tuple(repair(arch))
+        assert len(arch) == len(choices), f"repair returned {len(arch)} genes, expected {len(choices)}"
+        return arch
+
+    def accept(arch: Arch) -> Arch | None:
         # RLNAS: skip duplicates. Scoring an arch twice would waste budget (2,000 of 15,625 on NB201)
         # and, worse, put two copies into the archive, crowding out other parents.
         if arch in visited:
             return None
         visited.add(arch)
-        # RLNAS: the FLOPs limit is checked BEFORE the angle (pitfall 8): a too-large arch must never
+        # RLNAS: the FLOPs limit is checked BEFORE the angle (method.md pitfall 8): a too-large arch must never
         # enter the archive, and scoring it would only waste time. A rejected arch stays visited,
         # so an expensive constraint is never evaluated twice on it either.
         if constraint is not None and not constraint(arch):
             return None
         return arch
 
-    # RLNAS: generation 0 is `population` uniform random archs. SPOS loops until it has them; here the
-    # number of draws is bounded so that an impossible constraint fails with a message instead of hanging.
-    max_draws = 1000 * population
-    candidates = _collect(lambda: _random_arch(choices, rng), population, max_draws, admit)
+    def admit(arch: Arch) -> Arch | None:
+        return accept(fix(arch))
+
+    def random_arch() -> Arch:
+        return _random_arch(choices, rng)
+
+    def more_random(n: int) -> list[Arch]:  # the exhaustion guard's view of random_arch: one uniform product
+        return _leftovers([(1.0, [_uniform(values) for values in choices])], n, fix, accept, visited, rng)
+
+    # RLNAS: generation 0 is `population` uniform random archs; the official loops draw until they have them.
+    # The guard stops the draws only once nothing is left, so too small a space or an impossible constraint
+    # fails here with a message instead of hanging (for DARTS and MobileNet, after STALL misses per arch wanted).
+    candidates = _collect(random_arch, population, admit, leftovers=more_random)
     if len(candidates) < population:
         raise ValueError(
-            f"evolve: only {len(candidates)} of {population} initial architectures found in {max_draws} draws: "
+            f"evolve: only {len(candidates)} of {population} initial architectures found: "
             "no architecture meets the constraint, or the search space is smaller than the population"
         )
+    made = {"mutation": 0, "crossover": 0, "random": len(candidates)}
 
     index = 0
     for index in range(generations):
@@ -244,27 +354,45 @@ def evolve(
         # unlucky generation, and parents are always drawn from the best `topk` seen so far.
         archive = rank({arch: evaluated[arch] for arch in archive + candidates}, tie_key, tie_tol)[:topk]
         if on_generation is not None:
-            on_generation(Generation(index, list(candidates), list(archive), dict(evaluated)))
+            on_generation(Generation(index, list(candidates), list(archive), dict(evaluated), dict(made)))
         # SPOS: its loop builds the next offspring at the end of every iteration, the last one included,
         # and scores them while building (inside is_legal), so that last batch is scored but never
         # selected from. Stopping here keeps the budget at population x generations (2,000 on NB201).
         if index == generations - 1:
             break
 
-        # ---- reproduce: mutants, then crossovers, each from parents drawn uniformly from the archive.
-        # Each generator gets 10x its quota in tries (SPOS's max_iters = num * 10) and may come back
-        # short, e.g. once the archive has converged and most children are duplicates.
+        # ---- reproduce: mutants and crossovers from parents drawn uniformly from the archive, then random archs.
         def mutant() -> Arch:
             return _mutate(archive[rng.integers(len(archive))], mutation_choices, mutation_prob, rng)
 
         def child() -> Arch:
             return _crossover(archive[rng.integers(len(archive))], archive[rng.integers(len(archive))], rng)
 
-        candidates = _collect(mutant, mutations, 10 * mutations, admit)
-        candidates += _collect(child, crossovers, 10 * crossovers, admit)
-        # Random archs fill the population (none on NB201 when both quotas are met: 50 + 50 = 100).
-        missing = max(0, population - len(candidates))
-        candidates += _collect(lambda: _random_arch(choices, rng), missing, 1000 * missing, admit)
+        def more_mutants(n: int) -> list[Arch]:  # the guard's view of mutant(): one product per parent
+            reach = [
+                (1.0 / len(archive), [_mutated_gene(g, values, mutation_prob) for g, values in zip(p, mutation_choices)])
+                for p in archive
+            ]
+            return _leftovers(reach, n, fix, accept, visited, rng)
+
+        if not crossover_first:
+            # RLNAS NB201 and DARTS: the official mutation loop lowers its counter (10 x the quota) only when
+            # it finds a new mutant, so it always delivers `mutations` of them; its crossover loop stops after
+            # crossovers + 1 batches of 10 draws; random archs are drawn until the population is full.
+            mutants = _collect(mutant, mutations, admit, leftovers=more_mutants)
+            children = _collect(child, crossovers, admit, tries=10 * (crossovers + 1))
+            fill_tries = None
+        else:
+            # RLNAS MobileNet: crossovers first, then as many mutants as the population still lacks, each loop
+            # with 1000 draws per candidate wanted; the random fill gets 1000 x population draws.
+            children = _collect(child, crossovers, admit, tries=1000 * crossovers)
+            wanted = max(0, population - len(children))
+            mutants = _collect(mutant, wanted, admit, tries=1000 * wanted)
+            fill_tries = 1000 * population
+        candidates = mutants + children  # the official order of the list, in both loops
+        randoms = _collect(random_arch, max(0, population - len(candidates)), admit, tries=fill_tries, leftovers=more_random)
+        candidates += randoms
+        made = {"mutation": len(mutants), "crossover": len(children), "random": len(randoms)}
         if not candidates:  # every reachable arch has been visited: the space is exhausted
             break
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from angle import angle_from, segment_stats, to_host
+from supernet import linear_madds
 
 # ----------------------------------------------------------------------------------------------
 # The search space (method.md §2.4)
@@ -266,7 +267,7 @@ def mb_madds(module: nn.Module, size: int) -> tuple[int, int]:
             # every output element (C_out x H' x W') sums C_in/groups x k x k products
             total += m.out_channels * size * size * (m.in_channels // m.groups) * k * k
         elif isinstance(m, nn.Linear):
-            total += m.in_features * m.out_features
+            total += linear_madds(m.in_features, m.out_features)  # the paper's units: (2 * in - 1) * out
     return total, size
 
 

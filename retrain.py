@@ -330,8 +330,8 @@ def model_classes(model) -> int:
 def count(space, arch, net_args: dict) -> tuple[int, int, int]:
     """(parameters with the auxiliary head, parameters without it, multiply-adds without it at the input size).
 
-    Table 3 convention (method.md §7.2): parameters and FLOPs of the network without the auxiliary head, FLOPs counted as
-    multiply-adds of convolutions and linear layers (torch.utils.flop_counter, halved). Built on the meta device.
+    Table 3 convention (method.md §7.2): parameters and FLOPs of the network without the auxiliary head, FLOPs in the
+    paper's units (supernet.count_flops: conv multiply-adds, a linear layer as (2 * in - 1) * out). Meta device.
     """
     with torch.device("meta"):
         full = space.network(arch, net_args, aux=True)
@@ -427,6 +427,7 @@ def count_only(args, space, arch) -> None:
         num_classes = load_dataset(args.dataset, args.data, "train", augment=False).num_classes
     net_args = space.retrain_args(args, num_classes)
     print(f"{space.format(arch)}\n{args.space} {args.variant} network {net_args}: {sizes(space, arch, net_args)}")
+    print("multiply-adds in the paper's units (its thop): one per weight use in a conv, (2 x in - 1) x out per linear layer")
 
 
 def main():

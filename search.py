@@ -97,8 +97,8 @@ g.add_argument(
     "--max-flops",
     type=common.number(float, 0),
     default=None,
-    help="only architectures with at most M million multiply-adds at the supernet's input size, checked before "
-    f"scoring ({recipe('max_flops')}; method.md §5 uses 600 for DARTS-ImageNet; otherwise no limit)",
+    help="only architectures with at most M million multiply-adds (the paper's units: a linear layer counts "
+    "(2 in - 1) out) at the supernet's input size, checked before scoring; 600 for DARTS-ImageNet; default 475 for MobileNet",
 )
 g.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
 g = p.add_argument_group("data", "the supernet to search, and the images of --fitness accuracy")
@@ -303,6 +303,7 @@ def main():
                 mutation_prob=args.mutation_prob,
                 generations=args.generations,
                 mutation_choices=space.mutation_choices(net_args),  # NB201: never mutate into 'none' (method.md §5)
+                crossover_first=space.name == "mobilenet",  # the official MobileNet loop: population - #crossovers mutants
                 constraint=constraint,
                 repair=space.repair,
                 tie_key=space.tie_key,

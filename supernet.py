@@ -360,21 +360,45 @@ def subnet_state_from_supernet(state: dict, arch: Arch) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Counting helpers shared by the spaces (retrain.py prints them; darts.py builds its FLOPs table with count_flops).
-def count_flops(model: nn.Module, input_size: int) -> int:
-    """Multiply-adds of one forward pass of `model` on a 1x3xSxS input, counted by torch.utils.flop_counter.
+def linear_madds(in_features: int, out_features: int) -> int:
+    """Multiply-adds of one nn.Linear on one input row, in the paper's units: (2 * in - 1) * out.
 
-    flop_counter counts 2 FLOPs per multiply-add of the convolutions and linear layers (pooling, BN, ReLU and adds
-    count 0), so the result is halved. Built and run on the meta device by the caller, this costs no memory or math.
+    RLNAS: the official code counts FLOPs with a vendored thop, which counts a convolution as one multiply-add per
+    weight use but a linear layer as `in` multiplications plus `in - 1` additions per output. The paper's numbers
+    and FLOPs limits are in those units: Table 5's network is 473M (in * out would give 471.5M), Table 3's
+    CIFAR-searched cell at C=48 629M (628.4M), and the searches' limits (475M MobileNet, 600M DARTS ImageNet)
+    refuse what those counts refuse.
+    """
+    return (2 * in_features - 1) * out_features
+
+
+def count_flops(model: nn.Module, input_size: int) -> int:
+    """Multiply-adds of one forward pass of `model` on a 1x3xSxS input, in the paper's units (see linear_madds).
+
+    torch.utils.flop_counter counts 2 FLOPs per multiply-add of the convolutions and linear layers (pooling, BN,
+    ReLU and adds count 0), so its count is halved; every linear layer that runs then gets (in - 1) * out more, as
+    the official thop counts it. Built and run on the meta device by the caller, this costs no memory or math.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    extra = []  # per nn.Linear call: what thop counts beyond flop_counter's in * out, for each row it maps
+
+    def thop_linear(m: nn.Linear, inputs, out: torch.Tensor) -> None:
+        rows = out.numel() // m.out_features
+        extra.append(rows * (linear_madds(m.in_features, m.out_features) - m.in_features * m.out_features))
+
+    hooks = [m.register_forward_hook(thop_linear) for m in model.modules() if isinstance(m, nn.Linear)]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size, device=device))
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
     model.train(was_training)
-    return counter.get_total_flops() // 2
+    return counter.get_total_flops() // 2 + sum(extra)
 
 
 def count_all_params(model: nn.Module, skip_prefix: str | None = None) -> int:

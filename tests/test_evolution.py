@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from evolution import Generation, _crossover, _mutate, evolve, rank, tie_group
+import evolution
+from evolution import Generation, _crossover, _leftovers, _mutate, evolve, rank, tie_group
 
 TARGET = (1, 2, 3, 4, 1, 2, 3, 4, 1, 2)  # unique optimum of the Hamming fitness below
 CHOICES10 = [[0, 1, 2, 3, 4]] * 10
@@ -153,18 +154,23 @@ def test_memo_entries_off_the_trajectory_are_not_reported():
 
 def test_nb201_defaults_score_exactly_2000():
     fitness = Recorder(target=(3, 3, 3, 1, 3, 2))
-    checked = []
+    checked, seen = [], []
     result = evolve(
         [[0, 1, 2, 3, 4]] * 6,
         fitness,
         mutation_choices=[[1, 2, 3, 4]] * 6,
         seed=0,
         constraint=lambda arch: checked.append(arch) or True,
+        on_generation=seen.append,
     )
     assert len(result.evaluated) == 2000 and result.generations == 20
     assert len(checked) == 2000  # no offspring are built (and checked) after the last generation
     assert [len(call) for call in fitness.calls] == [100] * 20
     assert len(result.archive) == 30 and result.archive[0] == (3, 3, 3, 1, 3, 2)
+    # the official NB201 loop: 50 mutants every generation, then up to 50 crossovers, random archs for the rest
+    assert seen[0].made == {"mutation": 0, "crossover": 0, "random": 100}
+    for g in seen[1:]:
+        assert g.made["mutation"] == 50 and g.made["crossover"] <= 50 and sum(g.made.values()) == 100
 
 
 def test_exhausted_space_stops_early_and_visits_everything():
@@ -212,3 +218,152 @@ def test_rank_ties_tolerance_and_tie_key():
     assert tie_group([], {}) == []
     with pytest.raises(ValueError, match="NaN"):
         rank({(0,): float("nan"), (1,): 1.0})
+
+
+# ----------------------------------------------------------------------------------------------
+# The official loops, generation by generation. These tests bring their own mutation and crossover (the same
+# definition as exercise 6), so they check evolve() itself, and hold in a student copy too.
+@pytest.fixture
+def operators(monkeypatch):
+    """Replace _mutate and _crossover by test-local ones; returns the log of their calls: ("m" or "c", child)."""
+    calls = []
+
+    def mutate(parent, choices, prob, rng):
+        flip = rng.random(len(parent)) < prob
+        child = tuple(int(values[rng.integers(len(values))]) if f else g for g, values, f in zip(parent, choices, flip))
+        calls.append(("m", child))
+        return child
+
+    def crossover(mother, father, rng):
+        take = rng.random(len(mother)) < 0.5
+        child = tuple(m if t else f for m, f, t in zip(mother, father, take))
+        calls.append(("c", child))
+        return child
+
+    monkeypatch.setattr(evolution, "_mutate", mutate)
+    monkeypatch.setattr(evolution, "_crossover", crossover)
+    return calls
+
+
+def per_generation(calls, seen):
+    """Split the operator log at the on_generation calls: offspring[i] = the calls that built generation i + 1."""
+    return [calls[a:b] for a, b in zip([g.marker for g in seen], [g.marker for g in seen[1:]])]
+
+
+def run_logged(calls, **kw):
+    seen = []
+
+    def on_generation(g):
+        g.marker = len(calls)
+        seen.append(g)
+
+    result = evolve(on_generation=on_generation, **kw)
+    return result, seen, per_generation(calls, seen)
+
+
+def test_nb201_loop_delivers_every_mutant_even_when_most_are_duplicates(operators):
+    # One parent (topk=1) that stays the best: its mutants are soon almost all visited, yet the official loop lowers
+    # its counter only on success, so every generation still gets its 50 mutants (and 50 random archs, since the
+    # crossover of a parent with itself is that visited parent).
+    target = (3, 3, 3, 1, 3, 2)
+    result, seen, offspring = run_logged(
+        operators,
+        choices=[[0, 1, 2, 3, 4]] * 6,
+        fitness=Recorder(target),
+        mutation_choices=[[1, 2, 3, 4]] * 6,
+        topk=1,
+        generations=8,
+        seed=0,
+    )
+    assert result.archive == [target] and result.generations == 8
+    for g in seen[1:]:
+        assert g.made == {"mutation": 50, "crossover": 0, "random": 50}
+    # the test has teeth: some generation needed over 500 mutation draws, the 10x bound the loop used to stop at
+    assert max(sum(kind == "m" for kind, _ in calls) for calls in offspring) > 500
+
+
+def test_mobilenet_loop_builds_crossovers_first_then_population_minus_crossovers_mutants(operators):
+    fitness = Recorder()
+    common = dict(choices=CHOICES10, population=40, topk=10, mutations=5, crossovers=20, generations=6, seed=3)
+    result, seen, offspring = run_logged(operators, fitness=fitness, crossover_first=True, **common)
+    assert result.generations == 6
+    for g, calls in zip(seen[1:], offspring):
+        kinds = "".join(kind for kind, _ in calls)
+        assert kinds == "c" * kinds.count("c") + "m" * kinds.count("m")  # every crossover is drawn before any mutant
+        n_mut, n_cross = g.made["mutation"], g.made["crossover"]
+        assert n_mut == 40 - n_cross and g.made["random"] == 0  # `mutations` is not used: the population is filled
+        # the list is the official one: the mutants, then the crossover children
+        assert set(g.candidates[:n_mut]) <= {child for kind, child in calls if kind == "m"}
+        assert set(g.candidates[n_mut:]) <= {child for kind, child in calls if kind == "c"}
+    # one parent: every crossover is that visited parent, so the mutants fill the whole population
+    operators.clear()
+    _, seen, _ = run_logged(operators, fitness=Recorder(), crossover_first=True, **{**common, "topk": 1})
+    assert all(g.made == {"mutation": 40, "crossover": 0, "random": 0} for g in seen[1:])
+    # the NB201/DARTS loop draws its mutants first, and exactly `mutations` of them
+    operators.clear()
+    _, seen, offspring = run_logged(operators, fitness=Recorder(), **common)
+    for g, calls in zip(seen[1:], offspring):
+        kinds = "".join(kind for kind, _ in calls)
+        assert kinds == "m" * kinds.count("m") + "c" * kinds.count("c") and g.made["mutation"] == 5
+
+
+def test_guard_stops_only_when_the_space_is_exhausted(operators):
+    # (1) A constraint admits 17 of 27 archs: every generation is full until all 17 are scored, then the run stops.
+    admissible = {a for a in itertools.product(range(3), repeat=3) if sum(a) <= 3}
+    fitness = Recorder(target=(1, 1, 1))
+    _, seen, _ = run_logged(
+        operators,
+        choices=[[0, 1, 2]] * 3,
+        fitness=fitness,
+        population=5,
+        topk=3,
+        mutations=3,
+        crossovers=2,
+        generations=50,
+        constraint=lambda arch: sum(arch) <= 3,
+        seed=0,
+    )
+    assert len(admissible) == 17 and set(fitness.scored) == admissible
+    assert [len(g.candidates) for g in seen] == [5, 5, 5, 2]
+    # (2) Mutants can only write 0 and there is one parent, so a mutant differs from it only where it puts a 0:
+    # at most 16 of the 81 archs are reachable. Each generation gets min(quota, what is reachable and unvisited).
+    operators.clear()
+    result, seen, _ = run_logged(
+        operators,
+        choices=[[0, 1, 2]] * 4,
+        fitness=Recorder(target=(2, 2, 2, 2)),
+        mutation_choices=[[0]] * 4,
+        population=10,
+        topk=1,
+        mutations=10,
+        crossovers=0,
+        generations=12,
+        seed=1,
+    )
+    short = 0
+    for before, after in zip(seen, seen[1:]):
+        parent = before.archive[0]
+        reach = set(itertools.product(*[{gene, 0} for gene in parent])) - set(before.evaluated)
+        assert after.made["mutation"] == min(10, len(reach))
+        short += len(reach) < 10
+    assert short and sum(g.made["mutation"] for g in seen) > 0  # the guard did cut some quotas, not all
+    assert result.generations == 12 or len(result.evaluated) == 81
+
+
+def test_leftovers_draw_from_the_generator_restricted_to_what_is_new(monkeypatch):
+    # P(arch) = 0.35, 0.35, 0.15, 0.15 for (0,0), (0,1), (1,0), (1,1); with (0,0) visited: 0.54, 0.23, 0.23
+    reach = [(1.0, [{0: 0.7, 1: 0.3}, {0: 0.5, 1: 0.5}])]
+    rng = np.random.default_rng(0)
+    counts = {(0, 1): 0, (1, 0): 0, (1, 1): 0}
+    for _ in range(4000):
+        visited = {(0, 0)}
+        (arch,) = _leftovers(reach, 1, lambda a: a, lambda a: a if visited.add(a) is None else None, visited, rng)
+        counts[arch] += 1
+    assert abs(counts[(0, 1)] / 4000 - 0.35 / 0.65) < 0.03 and abs(counts[(1, 0)] / 4000 - 0.15 / 0.65) < 0.03
+    # asked for more than is left: everything left, then short; a rejecting constraint leaves it out
+    visited = {(0, 0)}
+    got = _leftovers(reach, 9, lambda a: a, lambda a: None if a == (1, 1) else (visited.add(a) or a), visited, rng)
+    assert sorted(got) == [(0, 1), (1, 0)]
+    # a reach too large to list: nothing (exhaustion is presumed after STALL misses per candidate)
+    monkeypatch.setattr(evolution, "ENUMERATE_LIMIT", 3)
+    assert _leftovers(reach, 1, lambda a: a, lambda a: a, set(), rng) == []

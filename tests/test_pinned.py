@@ -33,7 +33,9 @@ SEARCH = {
 PINNED = {
     "nb201": ("7ed10ac6082a77bf", "906280482659a97b", "32b317e3b7156fae"),
     "darts": ("aca70d26509b6b5b", "45b705b18ae0f543", "40444cdef5f2f3f8"),
-    "mobilenet": ("c6d29f7b77854b4c", "6468421691efea30", "42c0fed78a4eed0d"),
+    # search digest updated (was 42c0fed78a4eed0d): the evolution now follows the official MobileNet loop
+    # (crossovers first, then population - #crossovers mutants); NB201 and DARTS digests are unchanged by it
+    "mobilenet": ("c6d29f7b77854b4c", "6468421691efea30", "10654f26c3d92ec1"),
 }
 
 
