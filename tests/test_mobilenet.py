@@ -12,8 +12,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import mobilenet as M
-from supernet import count_flops
 from spaces import SPACES
+from supernet import count_flops
 
 WIDTH, K = 0.125, 5  # a tiny supernet: 5..216 channels, 0.6M parameters
 ARGS = dict(space="mobilenet", num_classes=K, width=WIDTH, image_size=16)
