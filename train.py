@@ -136,6 +136,11 @@ p.add_argument(
     choices=["auto", "channels_last", "contiguous"],
     help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
 )
+p.add_argument(
+    "--deterministic",
+    action="store_true",
+    help="bit-identical repeats and resumes on a GPU too: no cuDNN autotuning, deterministic kernels, no TF32 (slower)",
+)
 # labels
 p.add_argument("--labels", default="random", choices=["random", "true"], help="random (RLNAS) or true (the SPOS baseline)")
 p.add_argument(
@@ -402,8 +407,7 @@ def main():
     fmt = common.memory_format(args.memory_format, d.device)
     acc_dtype = torch.float32 if d.device.type == "mps" else torch.float64  # running loss/accuracy sums (no fp64 on MPS)
     raw_model = raw_model.to(memory_format=fmt)
-    if d.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes per op: let cuDNN pick its fastest kernels
+    common.set_determinism(args.deterministic, d.device)  # cuDNN autotuning, or --deterministic kernels
     model = raw_model
     if d.ddp:
         # Rule B: a single-path step leaves most parameters unused; DDP must be told, or it waits for their
