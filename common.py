@@ -13,6 +13,7 @@ import argparse
 import datetime
 import fnmatch
 import hashlib
+import inspect
 import json
 import os
 import pickle
@@ -369,6 +370,15 @@ def set_determinism(enabled: bool, device: torch.device) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
+
+
+# DDP's keyword for "do not broadcast the module's buffers before every forward" (train.py says why it may):
+# forward_sync_buffers=False from torch 2.13, where broadcast_buffers is deprecated; broadcast_buffers=False before.
+NO_BUFFER_BROADCAST = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def setup_distributed(device: str, backend: str, timeout_minutes: float) -> Dist:

@@ -382,6 +382,8 @@ def main():
     acc_dtype = torch.float32 if d.device.type == "mps" else torch.float64  # running loss/accuracy sums (no fp64 on MPS)
     raw_model = raw_model.to(memory_format=fmt)
     common.set_determinism(args.deterministic, d.device)  # cuDNN autotuning, or --deterministic kernels
+    # DDP's default buffer broadcast stays on here: evaluate() then runs every rank with rank 0's BN running statistics
+    # (the saved model's), so the accuracy summed over ranks is that of one network
     model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
     start_epoch, start_batch, step = 0, 0, 0

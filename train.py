@@ -413,8 +413,21 @@ def main():
         # Rule B: a single-path step leaves most parameters unused; DDP must be told, or it waits for their
         # gradients forever. All ranks train the same path, so "unused" is the same set everywhere, and DDP
         # leaves those gradients untouched (None stays None, zeros stay zeros) like a single process would.
-        # DDP also broadcasts rank 0's initial weights, so W0 is the same on every rank.
-        model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None, find_unused_parameters=True)
+        # DDP also broadcasts rank 0's initial weights, so W0 is the same on every rank. (static_graph and
+        # find_unused_parameters=False both fail here: the set of unused parameters changes with every path.)
+        # BN buffers are not broadcast before every forward (DDP's default would send every running mean and variance
+        # of the whole supernet each step): in training mode BN normalizes with the batch statistics, so the buffers
+        # change no gradient; the angle never reads them (method.md §4.5); and rank 0, whose state_dict is saved, only
+        # ever received its own buffers from that broadcast, so supernet.pt is the same bit for bit without it. Other
+        # ranks keep their own running statistics, which nothing reads. Gradients as views of DDP's buckets save a
+        # copy per gradient per step; None stays None and zeros stay zeros as before (same weights and grad holders).
+        model = DDP(
+            raw_model,
+            device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            find_unused_parameters=True,
+            gradient_as_bucket_view=True,
+            **common.NO_BUFFER_BROADCAST,
+        )
     # weight decay on every parameter (NB201, DARTS-CIFAR) or on conv weights only (ImageNet spaces), SPEC 3
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
     path_gen = torch.Generator().manual_seed(args.seed)  # Rule A: same seed on every rank -> same paths
