@@ -7,12 +7,13 @@ Not part of the method and not a test: it prints ratios, so a noisy machine shif
    per step as train.py) and peak memory, beside a plain single-path forward of the same network, and beside the
    official code's figure on this kind of machine (about 174 images/s with 2 threads; target 1.2x).
 2. Data pipeline: one epoch of CIFAR-sized images through torchvision's per-image transforms in a DataLoader,
-   against the batched tensor path (data.TensorBatches); and the data share of a training step.
+   against the batched tensor path (data.TensorBatches); the data share of a training step; and training steps fed
+   by the tensor path against the same steps on one fixed batch (what the data path costs end to end).
 3. Angle: all 15,625 NB201 architectures ranked from checkpoint files, and the per-architecture speed-up of
    angle.AngleScorer over the literal reference angle.angle_reference.
 4. A full NB201 evolution search (20 generations, 2,000 architectures), checkpoint loading included.
 5. The DARTS and MobileNet spaces at paper size: supernet training throughput, the fast angle against the literal
-   reference, and a SPEC 5 search of 1,000 candidates under the paper's FLOPs limit (W0 = the init, Wt = the init
+   reference, and a method.md §5 search of 1,000 candidates under the paper's FLOPs limit (W0 = the init, Wt = the init
    plus noise: the speed of an angle does not depend on how the weights were trained).
 
     python bench.py                   # about 2-4 minutes on a 2-core CPU
@@ -102,6 +103,32 @@ def bench_data(device, images: int) -> tuple[float, float]:
         pass
     sync(device)
     return slow, images / (time.perf_counter() - t0)
+
+
+def bench_fed_training(device, steps: int) -> float:
+    """Training images/s with the batches drawn by data.TensorBatches, in train.py's layout and loop (running sums on
+    the device, no logging). Unlike bench_data, which times the data loop alone, this includes every wait the data
+    path makes the host do while the device trains: a per-batch host-to-device copy costs nothing in a data loop,
+    but it stalls a training loop until the device has finished the step before."""
+    torch.manual_seed(0)
+    fmt = common.memory_format("auto", device)
+    net = Supernet().to(device).to(memory_format=fmt)
+    opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(0)
+    warmup, images = 3, 64 * (steps + 3)
+    base = load_dataset("fake", "", "train", augment=True, fake_images=images, image_size=32)
+    ds = Relabeled(base, torch.arange(images), base.targets)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    for i, (x, y) in enumerate(TensorBatches(ds, 64, True, 0, 0, device)):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        loss, logits = train_step(net, opt, x.contiguous(memory_format=fmt), y, sample_path(gen, 15))
+        totals[0] += loss.detach().double() * len(y)
+        totals[1] += (logits.argmax(1) == y).sum()
+        totals[2] += len(y)
+    sync(device)
+    return 64 * steps / (time.perf_counter() - t0)
 
 
 def write_checkpoints(folder: str) -> str:
@@ -209,7 +236,7 @@ def bench_space(device, net_args: dict, batch: int, steps: int, limit_m: float |
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.Parser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="fewer steps and images: a smoke run")
     args = p.parse_args()
@@ -229,6 +256,7 @@ def main():
         f"   channels_last: train {t_cl:8.1f} img/s | plain single-path forward {f_cl:8.1f} img/s | "
         f"train/forward {t_cl / f_cl:.2f} | {t_cl / train:.2f}x the contiguous layout"
     )
+    fixed = t_cl if device.type == "cpu" else train  # the fixed-batch rate in train.py's default layout here
     if device.type == "cpu":
         best = max(train, t_cl)  # what train.py --memory-format auto runs on this device (channels_last on CPU)
         print(
@@ -250,8 +278,13 @@ def main():
         f" | {fast / slow:.1f}x (target 3x)"
     )
     print(
-        f"   data share of a training step: {100 * (64 / fast) / (step_s + 64 / fast):.1f}% with the tensor path, "
-        f"{100 * (64 / slow) / (step_s + 64 / slow):.1f}% with the DataLoader (target < 10%)"
+        f"   data share of a training step, the data loop timed alone: {100 * (64 / fast) / (step_s + 64 / fast):.1f}% "
+        f"with the tensor path, {100 * (64 / slow) / (step_s + 64 / slow):.1f}% with the DataLoader (target < 10%)"
+    )
+    fed = bench_fed_training(device, steps)
+    print(
+        f"   training fed by the tensor path (train.py's loop): {fed:8.1f} img/s = {100 * fed / fixed:.0f}% of the same "
+        f"steps on one fixed batch: the data path's cost end to end, host-device waits included"
     )
 
     print("\n3-4. angle and search (a full-size NB201 checkpoint pair written to a temporary folder)")
@@ -289,4 +322,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)  # e.g. --device cuda without a GPU: one line, exit status 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import inspect
 import json
 import os
 import pickle
@@ -35,6 +36,8 @@ def run(main, *user_errors: type[Exception]) -> None:
 
     Under torchrun, a rank that loses its peers (one crashed, or hangs past --dist-timeout) also ends with one
     line and status 1 instead of a traceback per rank; the run resumes from its last checkpoint with --resume.
+    Any other failure of the distributed layer (an NCCL set-up error, a rendezvous that fails) is one line and
+    status 1 too, named as what it is. Either line carries the error's own cause, condensed to one line.
     """
     name = os.path.basename(sys.argv[0])
     try:
@@ -42,23 +45,74 @@ def run(main, *user_errors: type[Exception]) -> None:
     except (UsageError, *user_errors) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (dist.DistError, RuntimeError) as err:
-        if not (isinstance(err, dist.DistError) or (dist.is_initialized() and _peer_failure(err))):
-            raise  # a bug, not a lost peer: keep the traceback
+    except RuntimeError as err:  # dist.DistError and its subclasses are RuntimeErrors too
+        if "does not have a deterministic implementation" in str(err):  # raised under --deterministic
+            print(
+                f"{name}: error: --deterministic: {_one_line(err)}; drop --deterministic for this network",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        kind = _dist_failure(err)
+        if kind is None:
+            raise  # a bug, not the distributed layer: keep the traceback
         rank = os.environ.get("RANK", "?")
-        print(
-            f"{name}: error: rank {rank} lost contact with the other ranks ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0][:150] if str(err).strip() else ''}); "
-            "restart the same command with --resume to continue from the last checkpoint",
-            file=sys.stderr,
-        )
+        if kind == "peer":
+            what = f"rank {rank} lost contact with the other ranks"
+            fix = "restart the same command with --resume to continue from the last checkpoint"
+        else:
+            what = f"rank {rank}: the distributed layer failed"
+            fix = (
+                "this is not a lost peer: fix its cause (NCCL_DEBUG=INFO prints NCCL's own details), then restart "
+                "the same command (with --resume if a checkpoint was written)"
+            )
+        print(f"{name}: error: {what} ({_one_line(err)}); {fix}", file=sys.stderr)
         sys.exit(1)
+
+
+# Words of the errors a rank sees when another one died or hangs: gloo's "Connection closed by peer", a reset
+# socket, NCCL's "remote process exited", a collective or store that timed out (--dist-timeout).
+_PEER_WORDS = ("connection closed", "connection reset", "broken pipe", "remote process", "timed out", "timeout")
+# Words that mark an error of the distributed layer when it is not a torch.distributed.DistError.
+_DIST_WORDS = ("nccl", "gloo", "c10d", "processgroup", "rendezvous")
+
+
+def _dist_failure(err: Exception) -> str | None:
+    """'peer' if this error means another rank died or hung, 'dist' for any other failure of the distributed layer
+    (e.g. an NCCL set-up error on this machine), None for everything else (a bug: keep its traceback)."""
+    text = _full_text(err).lower()
+    distributed = isinstance(err, dist.DistError) or (
+        dist.is_available() and dist.is_initialized() and any(w in text for w in _DIST_WORDS + _PEER_WORDS)
+    )
+    if not distributed:
+        return None
+    return "peer" if _peer_failure(err) else "dist"
 
 
 def _peer_failure(err: Exception) -> bool:
     """Does this error mean another rank died or hung (gloo/NCCL connection closed, collective timed out)?"""
-    text = str(err).lower()
-    return any(w in text for w in ("connection closed", "connection reset", "timed out", "timeout", "nccl", "broken pipe"))
+    text = _full_text(err).lower()
+    return any(w in text for w in _PEER_WORDS)
+
+
+def _full_text(err: BaseException) -> str:
+    """The error's message and those of the errors it was raised from (`raise ... from`, or during handling)."""
+    parts, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        parts.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or err.__context__
+    return "\n".join(parts)
+
+
+def _one_line(err: BaseException, limit: int = 400) -> str:
+    """The error and its causes as one line: every non-empty line of the messages joined by ' | ', whitespace
+    collapsed. Beyond `limit` characters the middle goes, not the end: NCCL puts the real cause ("Last error:
+    socket startup failed") after a long first line that only names the source file."""
+    lines = [" ".join(line.split()) for line in _full_text(err).splitlines()]
+    text = " | ".join(line for line in lines if line)
+    if len(text) > limit:
+        text = f"{text[: limit // 2 - 3]} ... {text[-(limit // 2 - 2) :]}"
+    return text
 
 
 class Parser(argparse.ArgumentParser):
@@ -280,6 +334,42 @@ def memory_format(name: str, device: torch.device) -> torch.memory_format:
     if name == "auto":
         name = "channels_last" if device.type == "cpu" else "contiguous"
     return torch.channels_last if name == "channels_last" else torch.contiguous_format
+
+
+def set_determinism(enabled: bool, device: torch.device) -> None:
+    """--deterministic: make two runs with the same flags (and a resumed run) compute the same bits on a GPU too.
+
+    Off (the default), a CUDA run lets cuDNN time its convolution algorithms and keep the fastest
+    (cudnn.benchmark): a new process may pick other algorithms than the run it resumes, and some of the fastest
+    backward kernels sum with atomics in a varying order, so the weights differ in the last bits after a few steps
+    and then drift apart (two uninterrupted runs too). TF32 convolutions are PyTorch's default and stay on.
+
+    On: autotuning off, cuDNN restricted to deterministic algorithms, TF32 off for convolutions and matmuls (TF32 is
+    not random, but off, the numbers are plain fp32 ones whatever tensor cores a GPU has; slower on Ampere and
+    later), and torch.use_deterministic_algorithms for every other kernel. Not warn_only: the flag promises bit-exact
+    runs, so a kernel without a deterministic version must stop the run with its name (within the first steps, as
+    every step runs the same kernels) rather than leave a warning in a log and break the promise silently. cuBLAS
+    needs a fixed workspace for that (CUBLAS_WORKSPACE_CONFIG, read at each matmul: set here, before the first).
+    On the CPU every kernel these scripts use is deterministic already: the flag changes no number there.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not enabled  # fixed input shapes per op: autotuning pays off when allowed
+    if not enabled:
+        return
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
+# DDP's keyword for "do not broadcast the module's buffers before every forward" (train.py says why it may):
+# forward_sync_buffers=False from torch 2.13, where broadcast_buffers is deprecated; broadcast_buffers=False before.
+NO_BUFFER_BROADCAST = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def setup_distributed(device: str, backend: str, timeout_minutes: float) -> Dist:

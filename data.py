@@ -6,15 +6,15 @@ label as an int, and exposes `.targets` (LongTensor (N,), 0-based, read without 
 and wraps the dataset in `Relabeled`, which swaps the label and keeps the image untouched.
 
 Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021, arXiv:2101.11834 -- the random-label
-supernet training of the method (SPEC.md section 1). What this file reproduces from the official NAS-Bench-201 code
-(SPEC.md sections 1 and 3, pitfall 3 in section 8):
+supernet training of the method (method.md §1). What this file reproduces from the official NAS-Bench-201 code
+(method.md §1 and §3, method.md pitfall 3):
   - the CIFAR-10 supernet sees only one half (25k/25k) of the training set (`split_indices`);
   - ImageNet16-120 keeps the raw labels 1..120 and shifts them to 0..119 (the "ImageNet16 quirk");
   - the augmentation: flip + RandomCrop(S, padding=S//8) + normalize for training, normalize only for testing.
 
 Datasets (`DATASETS`): cifar10, cifar100 (torchvision, under --data), imagenet16-120 (the NB201 pickles),
-imagenet (an ImageFolder tree with train/ and val/, the DARTS-space ImageNet pipeline of SPEC 3/6), folder (any
-ImageFolder tree with train/ and test/ or val/) and fake (synthetic, for smoke runs and tests).
+imagenet (an ImageFolder tree with train/ and val/, the DARTS-space ImageNet pipeline of method.md §3/§6), folder
+(any ImageFolder tree with train/ and test/ or val/) and fake (synthetic, for smoke runs and tests).
 
 This module is imported, never run. Usage, from a stage script:
     ds = load_dataset('cifar10', './data', 'train', augment=True)
@@ -81,7 +81,7 @@ class _Normalize:
 
 
 def build_transform(size: int, mean: list[float], std: list[float], augment: bool, resize: bool = False) -> v2.Compose:
-    """The official NB201 pipeline for S x S images (SPEC 3): train = flip + RandomCrop(S, pad S//8) + normalize."""
+    """The official NB201 pipeline for S x S images (method.md §3): train = flip + RandomCrop(S, pad S//8) + normalize."""
     steps = [v2.ToImage()]  # PIL or uint8 tensor -> uint8 tv_tensors.Image (3, H, W)
     if resize:
         # Folder images of another size: short side to S, then the central S x S. Resize returns an S-sized image
@@ -96,7 +96,8 @@ def build_transform(size: int, mean: list[float], std: list[float], augment: boo
 
 class _Lighting:
     """AlexNet-style PCA lighting noise (std 0.1) on a float image in [0, 1]: add eigvec @ (alpha * eigval) to every
-    pixel, alpha ~ N(0, std) per image, with the ImageNet RGB eigen-decomposition (SPEC 3: DARTS/MobileNet ImageNet)."""
+    pixel, alpha ~ N(0, std) per image, with the ImageNet RGB eigen-decomposition (method.md §3: DARTS/MobileNet
+    ImageNet)."""
 
     EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
     EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
@@ -117,9 +118,9 @@ IMAGENET_STYLES = ("lighting", "normalize")
 def build_imagenet_transform(size: int, augment: bool, style: str = "lighting") -> v2.Compose:
     """The two ImageNet pipelines of the official code; both: train = RandomResizedCrop(S, scale 0.08-1) + flip,
     eval = resize the short side to S*256/224 + CenterCrop(S).
-    style 'lighting' (SPEC 3 supernets of both spaces, SPEC 6 DARTS retraining): [0, 1] floats + PCA lighting 0.1
-    on train, NO mean/std normalization. style 'normalize' (SPEC 6 MobileNet retraining): torchvision's
-    ImageNet mean/std, no lighting."""
+    style 'lighting' (method.md §3 supernets of both spaces, method.md §6 DARTS retraining): [0, 1] floats + PCA
+    lighting 0.1 on train, NO mean/std normalization. style 'normalize' (method.md §6 MobileNet retraining):
+    torchvision's ImageNet mean/std, no lighting."""
     if style not in IMAGENET_STYLES:
         raise ValueError(f"imagenet style must be one of {IMAGENET_STYLES}, got {style!r}")
     steps = [v2.ToImage()]
@@ -221,7 +222,7 @@ def _load_imagenet16(root: str, train: bool) -> TensorImages:
         data.append(entry["data"])
         labels.append(np.asarray(entry["labels"], dtype=np.int64))
     data, labels = np.concatenate(data), np.concatenate(labels)  # (N, 768), (N,)
-    # RLNAS: ImageNet16 quirk (SPEC 1). Raw labels are 1-indexed; ImageNet16-120 keeps classes 1..120 and the
+    # RLNAS: ImageNet16 quirk (method.md §1). Raw labels are 1-indexed; ImageNet16-120 keeps classes 1..120 and the
     # official loader subtracts 1 in __getitem__. We shift once here, so targets (and random labels) are 0..119.
     keep = (labels >= 1) & (labels <= 120)
     images = torch.from_numpy(data[keep]).view(-1, 3, 16, 16)  # channel-major rows -> (N, 3, 16, 16)
@@ -319,7 +320,7 @@ def load_dataset(
         ds = _load_folder(root, train, name)
     else:
         ds = _load_fake(train, size, fake_images, fake_classes, fake_seed)
-    # The test split is never augmented, whatever the caller asks (SPEC 3: test = normalize only).
+    # The test split is never augmented, whatever the caller asks (method.md §3: test = normalize only).
     if name == "imagenet":
         ds.transform = build_imagenet_transform(size, augment=augment and train, style=imagenet_style)
     else:
@@ -333,7 +334,7 @@ def _one_line(e: Exception) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# RLNAS: which images the supernet sees, and with which labels (SPEC 1, pitfall 3).
+# RLNAS: which images the supernet sees, and with which labels (method.md §1, method.md pitfall 3).
 
 
 def split_indices(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -512,25 +513,31 @@ class TensorBatches:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))  # (N,)
             if world_size > 1:
                 order = torch.cat([order, order[: (-n) % world_size]])  # pad to a multiple of world_size
-            self.order = order[rank::world_size]
+            order = order[rank::world_size]
             g = torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
-            self.flips = torch.rand(len(self.order), generator=g) < 0.5  # (N_r,) p = 0.5, as RandomHorizontalFlip
-            self.offsets = torch.randint(0, 2 * self.pad + 1, (len(self.order), 2), generator=g)  # (N_r, 2)
+            flips = torch.rand(len(order), generator=g) < 0.5  # (N_r,) p = 0.5, as RandomHorizontalFlip
+            offsets = torch.randint(0, 2 * self.pad + 1, (len(order), 2), generator=g)  # (N_r, 2)
+            # The whole epoch's indices, flips and offsets go to the device here, once. Copied batch by batch, each
+            # .to(device) of a CPU tensor would make Python wait for the GPU to finish the step before (a host-to-
+            # device copy from pageable memory waits for the stream), so the next step could never be queued while
+            # the GPU runs this one. The draws stay on the CPU generator: the batches do not depend on the device.
+            self.order, self.flips, self.offsets = order.to(device), flips.to(device), offsets.to(device)
         else:
-            self.order = torch.arange(rank, n, world_size)
+            self.order = torch.arange(rank, n, world_size, device=device)
 
     def __len__(self) -> int:
         return (len(self.order) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
+        # Only slices of device tensors and kernels from here on: no host-device copy and no wait per batch.
         for start in range(0, len(self.order), self.batch_size):
-            idx = self.order[start : start + self.batch_size]
-            x = self.images[idx.to(self.device)]  # (B, 3, H, W) uint8
+            sl = slice(start, start + self.batch_size)
+            idx = self.order[sl]  # (B,) on the device
+            x = self.images[idx]  # (B, 3, H, W) uint8
             if self.augment:
-                sl = slice(start, start + len(idx))
-                x = augment_batch(x, self.flips[sl].to(self.device), self.offsets[sl].to(self.device), self.pad)
+                x = augment_batch(x, self.flips[sl], self.offsets[sl], self.pad)
             x = (x.to(torch.float32) / 255 - self.mean) / self.std  # (B, 3, H, W), same formula as _Normalize
-            yield x, self.labels[idx.to(self.device)]
+            yield x, self.labels[idx]
 
 
 def epoch_loader(

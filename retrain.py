@@ -177,6 +177,11 @@ g.add_argument(
     choices=["auto", "channels_last", "contiguous"],
     help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
 )
+g.add_argument(
+    "--deterministic",
+    action="store_true",
+    help="bit-identical repeats and resumes on a GPU too: no cuDNN autotuning, deterministic kernels, no TF32 (slower)",
+)
 g = p.add_argument_group("distributed (torchrun) and device")
 g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 g.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
@@ -306,21 +311,29 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, d) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) over the whole test split, summed over all ranks."""
+def evaluate(model, loader, device, d, amp: bool = False, fmt=torch.contiguous_format) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) over the whole test split, summed over all ranks.
+
+    The counts stay on the device and are read once at the end: one host-device wait per evaluation, not per batch.
+    Batches get the training's memory format and, with --amp, the same bf16 autocast as the training forward.
+    """
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # top-1 hits, top-5 hits, images
+    k = min(5, model_classes(model))
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # exact counts either way (no fp64 on MPS)
+    totals = torch.zeros(3, dtype=acc_dtype, device=device)  # top-1 hits, top-5 hits, images
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        top5 = model(x).topk(min(5, model_classes(model)), dim=1).indices  # (B, 5)
-        totals += torch.tensor(
-            [(top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(1).sum().item(), len(y)],
-            dtype=torch.float64,
-            device=device,
-        )
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, 3, H, W), (B,)
+        x = x.contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)  # (B, K)
+        top5 = logits.topk(k, dim=1).indices  # (B, 5)
+        totals[0] += (top5[:, 0] == y).sum()
+        totals[1] += (top5 == y[:, None]).any(1).sum()
+        totals[2] += len(y)
     if d.ddp:
         torch.distributed.all_reduce(totals)
-    return (100 * totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
+    top1, top5 = (100 * totals[:2] / totals[2]).tolist()  # the one synchronisation
+    return top1, top5
 
 
 def model_classes(model) -> int:
@@ -379,8 +392,9 @@ def build_network(args, space, arch, net_args: dict, d):
     raw_model = space.network(arch, net_args, aux=args.aux_weight > 0).to(d.device)
     fmt = common.memory_format(args.memory_format, d.device)
     raw_model = raw_model.to(memory_format=fmt)
-    if d.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    common.set_determinism(args.deterministic, d.device)  # cuDNN autotuning, or --deterministic kernels
+    # DDP's default buffer broadcast stays on here: evaluate() then runs every rank with rank 0's BN running statistics
+    # (the saved model's), so the accuracy summed over ranks is that of one network
     model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
     return raw_model, model, fmt
 
@@ -535,7 +549,7 @@ def main():
         loss, acc = (totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
         entry = dict(epoch=epoch + 1, loss=loss, train_acc=acc, lr=lr, seconds=progress.end_epoch()[1])
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            top1, top5 = evaluate(model, test_loader, d.device, d)
+            top1, top5 = evaluate(model, test_loader, d.device, d, args.amp, fmt)
             entry.update(test_top1=top1, test_top5=top5)
             print0(f"epoch {epoch + 1}/{args.epochs} | test top-1 {top1:.2f}% | top-5 {top5:.2f}%")
         if d.master:

@@ -220,6 +220,11 @@ g.add_argument(
     choices=["auto", "channels_last", "contiguous"],
     help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
 )
+g.add_argument(
+    "--deterministic",
+    action="store_true",
+    help="bit-identical repeats and resumes on a GPU too: no cuDNN autotuning, deterministic kernels, no TF32 (slower)",
+)
 g = p.add_argument_group("distributed (torchrun) and device")
 g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 g.add_argument(
@@ -329,15 +334,26 @@ def build_supernet(args, space, net_args: dict, d):
     raw_model = space.supernet(net_args).to(d.device)
     fmt = common.memory_format(args.memory_format, d.device)
     raw_model = raw_model.to(memory_format=fmt)
-    if d.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes per op: let cuDNN pick its fastest kernels
+    common.set_determinism(args.deterministic, d.device)  # cuDNN autotuning, or --deterministic kernels
     model = raw_model
     if d.ddp:
         # Rule B: a single-path step leaves most parameters unused; DDP must be told, or it waits for their
         # gradients forever. All ranks train the same path, so "unused" is the same set everywhere, and DDP
         # leaves those gradients untouched (None stays None, zeros stay zeros) like a single process would.
-        # DDP also broadcasts rank 0's initial weights, so W0 is the same on every rank.
-        model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None, find_unused_parameters=True)
+        # DDP also broadcasts rank 0's initial weights, so W0 is the same on every rank. (static_graph and
+        # find_unused_parameters=False both fail here: the set of unused parameters changes with every path.)
+        # BN buffers are not broadcast before every forward (DDP's default would send every running mean and variance
+        # of the whole supernet each step): in training mode BN normalizes with the batch statistics, so the buffers
+        # change no gradient; the angle never reads them (method.md §4.5); and rank 0, whose state_dict is saved, only
+        # ever received its own buffers from that broadcast, so supernet.pt is the same bit for bit without it.
+        # Gradients as views of DDP's buckets save a copy per gradient per step (same weights and grad holders).
+        model = DDP(
+            raw_model,
+            device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            find_unused_parameters=True,
+            gradient_as_bucket_view=True,
+            **common.NO_BUFFER_BROADCAST,
+        )
     return raw_model, model, fmt
 
 

@@ -224,8 +224,9 @@ def test_folder_resizes_other_sizes_and_jpeg(tmp_path):
 
 
 def test_imagenet_pipelines_lighting_and_normalize(tmp_path):
-    # SPEC 3/6: eval = resize to S*256/224 then centre-crop S; 'lighting' leaves pixels in [0, 1] (no mean/std; the
-    # lighting noise is train-only), 'normalize' (MobileNet retraining) uses torchvision's ImageNet mean/std
+    # method.md §3/§6: eval = resize to S*256/224 then centre-crop S; 'lighting' leaves pixels in [0, 1] (no
+    # mean/std; the lighting noise is train-only), 'normalize' (MobileNet retraining) uses torchvision's ImageNet
+    # mean/std
     write_folder(tmp_path, "val", size=(40, 40))
     ref = TF.center_crop(TF.resize(TF.pil_to_tensor(Image.open(load_dataset("imagenet", str(tmp_path), "test",
                                                                                 augment=False).samples[0][0]).convert("RGB")),
@@ -541,3 +542,70 @@ def test_epoch_loader_picks_the_path():
     cpu = torch.device("cpu")
     assert isinstance(epoch_loader(ds, 4, True, 0, 0, cpu, fast=True), TensorBatches)
     assert isinstance(epoch_loader(ds, 4, True, 0, 0, cpu, fast=False), torch.utils.data.DataLoader)
+
+
+def reference_tensor_batches(dataset, batch_size, train, seed, epoch, rank=0, world_size=1):
+    """TensorBatches' batches as they were made before the epoch's indices, flips and offsets moved to the device
+    once per epoch: everything drawn and kept on the CPU, sliced and copied (`.to`) batch by batch."""
+    base = dataset.base
+    norm = next(t for t in base.transform.transforms if isinstance(t, data._Normalize))
+    images, labels = base.images[dataset.indices], dataset.labels_used
+    pad, n = images.shape[-1] // 8, len(labels)
+    augment = train and any(isinstance(t, torchvision.transforms.v2.RandomCrop) for t in base.transform.transforms)
+    if train:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+        if world_size > 1:
+            order = torch.cat([order, order[: (-n) % world_size]])
+        order = order[rank::world_size]
+        g = torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
+        flips = torch.rand(len(order), generator=g) < 0.5
+        offsets = torch.randint(0, 2 * pad + 1, (len(order), 2), generator=g)
+    else:
+        order = torch.arange(rank, n, world_size)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        x = images[idx]
+        if augment:
+            sl = slice(start, start + len(idx))
+            x = augment_batch(x, flips[sl], offsets[sl], pad)
+        yield (x.to(torch.float32) / 255 - norm.mean) / norm.std, labels[idx]
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_tensor_batches_equal_the_per_batch_copy_path_bit_for_bit(size):
+    # the device copy of the whole epoch's indices must not change a single batch: every (rank, world size, split)
+    # and a batch size that leaves a short last batch
+    base = load_dataset("fake", "", "train", augment=True, fake_images=45, image_size=size)
+    ds = Relabeled(base, torch.arange(3, 45), torch.randint(0, 10, (45,), generator=torch.Generator().manual_seed(0)))
+    cpu = torch.device("cpu")
+    for train in (True, False):
+        for world_size in (1, 2, 3):
+            for rank in range(world_size):
+                new = list(TensorBatches(ds, 8, train, 5, 2, cpu, rank, world_size))
+                old = list(reference_tensor_batches(ds, 8, train, 5, 2, rank, world_size))
+                assert len(new) == len(old) > 1
+                for (x, y), (x_old, y_old) in zip(new, old):
+                    assert torch.equal(x, x_old) and torch.equal(y, y_old), (train, rank, world_size)
+
+
+def test_tensor_batches_copy_nothing_to_the_device_per_batch(monkeypatch):
+    # Built on the meta device (a stand-in for a GPU here): every tensor a batch is cut from lives there, and
+    # iterating calls .to(device) not once (the only .to left is the uint8 -> float32 cast)
+    base = load_dataset("fake", "", "train", augment=True, fake_images=40, image_size=16)
+    ds = Relabeled(base, torch.arange(40), base.targets)
+    meta = torch.device("meta")
+    tb = TensorBatches(ds, 8, True, 0, 0, meta)
+    held = [tb.images, tb.labels, tb.order, tb.flips, tb.offsets, tb.mean, tb.std]
+    assert all(t.device == meta for t in held)
+    assert TensorBatches(ds, 8, False, 0, 0, meta).order.device == meta
+    moves, to = [], torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        if "device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args):
+            moves.append((args, kwargs))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    batches = list(tb)
+    assert moves == [] and len(batches) == 5
+    assert all(x.device == meta and y.device == meta and x.shape == (8, 3, 16, 16) for x, y in batches)
