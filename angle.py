@@ -113,7 +113,7 @@ def _op_weight(pos: int, gene: int, op: int) -> str:
 def weight_vector(state: dict, arch, args: dict) -> torch.Tensor | None:
     """V(arch, W) as a float64 vector (P,) on the weights' device, or None when no path reaches the cell output."""
     # EXERCISE 5 BEGIN: concatenate head, the weights along the 4 paths of every cell, the reduction blocks once, tail
-    #   read: paper, method step 2 (angle-based metric; ABS Algorithm 1); method.md §4.2 and pitfall 7; README detail 6
+    #   read: paper, method step 2 (angle-based metric; ABS Algorithm 1); method.md §4.2 and pitfall 7; details.md detail 6
     #   graded: python make_assignment.py --grade 5   (tests/test_angle.py)
     names = parameter_names(state)
     layout = cell_layout(args["layers"])
@@ -148,7 +148,7 @@ def weight_vector(state: dict, arch, args: dict) -> torch.Tensor | None:
 
 def angle_reference(w0: dict, wt: dict, arch, args: dict) -> float:
     # EXERCISE 5 BEGIN: the angle in radians between V(arch, W0) and V(arch, Wt); 0.0 for a disconnected cell
-    #   read: paper, method step 2 (angle-based metric); method.md §4.1 and pitfall 7; README detail 6
+    #   read: paper, method step 2 (angle-based metric); method.md §4.1 and pitfall 7; details.md detail 6
     v0, vt = weight_vector(w0, arch, args), weight_vector(wt, arch, args)
     if v0 is None:
         return 0.0

@@ -17,7 +17,7 @@ checkpoint holds everything that steers the next step, and a resumed run checks 
     save(path, d, state, totals)     the checkpoint, atomically; mid-epoch with every rank's running totals
     ranks_agree(d, labels_sha, ...)  DDP: after each epoch, check that all ranks hold the same labels and weights
 
-The stage scripts call only these names; the files' format is described in the README ("Run directory and
+The stage scripts call only these names; the files' format is described in docs/details.md ("Run directory and
 checkpoints").
 """
 

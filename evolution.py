@@ -110,7 +110,7 @@ def _random_arch(choices: list[list[int]], rng: np.random.Generator) -> Arch:
 
 def _mutate(parent: Arch, mutation_choices: list[list[int]], prob: float, rng: np.random.Generator) -> Arch:
     # EXERCISE 6 BEGIN: resample each gene with probability `prob` from its `mutation_choices`, all draws from `rng`
-    #   read: paper, method step 2 (evolutionary search, from SPOS); method.md §5 and pitfall 8; README detail 8
+    #   read: paper, method step 2 (evolutionary search, from SPOS); method.md §5 and pitfall 8; details.md detail 8
     #   graded: python make_assignment.py --grade 6   (tests/test_evolution.py)
     # RLNAS/SPOS mutation: each gene is resampled with probability `prob` from `mutation_choices`.
     # NB201 passes [1..4] there, so a mutation never writes `none` (the official randint(1, 5)):

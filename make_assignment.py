@@ -7,7 +7,7 @@ of one function (or a few lines of it), so that everything else keeps working:
     def random_labels(num_examples, num_classes, seed):
         ...
         # EXERCISE 1 BEGIN: <what to implement, one line>
-        #   read: <paper part; method.md section; README item>     (header: lines starting with "#   ")
+        #   read: <paper part; method.md section; details.md item>     (header: lines starting with "#   ")
         #   graded: python make_assignment.py --grade 1
         <the reference code>
         # EXERCISE 1 END

@@ -5,11 +5,11 @@ Every training image gets one label drawn from the discrete uniform distribution
 classes, once, before training, from a generator seeded by --label-seed alone. The labels then
 stay fixed for the whole run. They carry no information about the images, yet the paper shows
 that the angle computed from a supernet trained on them ranks architectures about as well as
-one trained on the real labels (its Table 1; SPEC.md 7.1).
+one trained on the real labels (its Table 1; method.md §7.1).
 
 Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
 arXiv:2101.11834, the random-label supernet training of the method. Official mechanism:
-SPEC.md section 1 and pitfall 3 (section 8).
+method.md §1 and pitfall 3 (§8).
 
 Used by train.py:
 
@@ -35,14 +35,14 @@ def random_labels(num_examples: int, num_classes: int, seed: int) -> torch.Tenso
     The generator is local: never the global RNG, never offset by the DDP rank or a worker id,
     so every rank draws the identical vector and nothing else (model init, path sampling,
     augmentation) can shift it. The official code re-seeded NumPy's global RNG instead, which
-    also re-seeded its path sampler (pitfall 9). The labels are drawn for the full training set
+    also re-seeded its path sampler (method.md pitfall 9). The labels are drawn for the full training set
     before any split or subset is taken, so an image's label never depends on the subset.
     It is not a permutation of the true labels: class counts are only about balanced.
     """
     if num_examples < 0 or num_classes < 1:
         raise ValueError(f"need num_examples >= 0 and num_classes >= 1, got {num_examples}, {num_classes}")
     # EXERCISE 1 BEGIN: draw N labels i.i.d. uniform over 0..K-1 from a local generator seeded by `seed` alone
-    #   read: paper, method step 1 (random labels); SPEC 1 and pitfall 3; README detail 1
+    #   read: paper, method step 1 (random labels); method.md §1 and pitfall 3; details.md detail 1
     #   graded: python make_assignment.py --grade 1   (tests/test_random_labels.py)
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, num_classes, (num_examples,), generator=gen, dtype=torch.int64)  # (N,)
@@ -53,7 +53,7 @@ MODES = ("uniform", "shuffle", "redraw")
 
 
 def draw_labels(mode: str, num_examples: int, num_classes: int, seed: int, true_labels=None, epoch: int = 0) -> torch.Tensor:
-    """The label ablations (SPEC 1): which random labels epoch `epoch` trains on, (N,) int64.
+    """The label ablations (method.md §1): which random labels epoch `epoch` trains on, (N,) int64.
 
     uniform: the paper's labels, i.i.d. uniform, drawn once (the same for every epoch).
     shuffle: a random permutation of the true labels: classes exactly as balanced as the real ones, no information.

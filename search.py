@@ -150,7 +150,7 @@ SEARCH_KEYS = (
 
 
 def tie_key(arch):
-    """NB201's tie rule (supernet.NB201Space.tie_key), kept here for bench.py."""
+    """NB201's tie rule (supernet.tie_key), kept here for bench.py."""
     return SPACES["nb201"].tie_key(arch)
 
 

@@ -107,7 +107,7 @@ def sample_cell(gen: torch.Generator) -> Arch:
     sub-network never has a dead node. Marginals: edge 1<-0 is never 'none' (1/4 each other op).
     """
     # EXERCISE 2 BEGIN: draw one op per edge from `gen`, node by node, redrawing a node whose inputs are all 'none'
-    #   read: paper, method step 1 (SPOS uniform sampling); method.md §2.1 "Sampling", pitfalls 4-5; README detail 3
+    #   read: paper, method step 1 (SPOS uniform sampling); method.md §2.1 "Sampling", pitfalls 4-5; details.md detail 3
     #   graded: python make_assignment.py --grade 2   (tests/test_supernet.py)
     ops = {}
     for i in range(1, NUM_NODES):
@@ -229,7 +229,7 @@ class SearchCell(nn.Module):
 
     def forward(self, x, arch: Arch):
         # EXERCISE 3 BEGIN: run only the ops `arch` names: node_i = sum over j < i of op[i<-j](node_j), 'none' skipped
-        #   read: paper, method step 1 (single-path supernet); method.md §2.1 "Cell"; README detail 4
+        #   read: paper, method step 1 (single-path supernet); method.md §2.1 "Cell"; details.md detail 4
         #   graded: python make_assignment.py --grade 3   (tests/test_supernet.py)
         # RLNAS: single path. node_i = sum_j op_{i<-j}(node_j); 'none' edges are skipped outright, so their ops get
         # no gradient this step (like x*0 in the official code). A node that feeds only 'none' edges cannot reach the

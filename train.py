@@ -366,7 +366,7 @@ def train_step(
     the recipe's clipping and label smoothing, and --amp.
     """
     # EXERCISE 4 BEGIN: forward `path`, cross-entropy, zero_grad as `unsampled` says, backward, clip, SGD step
-    #   read: paper Sec. 3 (SPOS training on random labels); method.md §3 and pitfall 10; README detail 5
+    #   read: paper Sec. 3 (SPOS training on random labels); method.md §3 and pitfall 10; details.md detail 5
     #   graded: python make_assignment.py --grade 4   (tests/test_train.py)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):  # --amp: bf16 forward, fp32 weights
         logits = model(x, path)  # (B, K): only the ops on `path` run, so only they get a gradient

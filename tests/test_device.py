@@ -15,7 +15,7 @@ from test_scripts import ROOT, TINY, load, run, script_env
 import common
 import retrain
 from data import Relabeled, epoch_loader, load_dataset
-from supernet import SPACES
+from spaces import SPACES
 
 # ----------------------------------------------------------------------------------------------------------------------
 # common.run under torchrun: a lost peer and any other failure of the distributed layer are one line with their cause

@@ -6,6 +6,7 @@ that order, and no module needs a lazy import to break a circle.
 """
 
 import ast
+import glob
 import os
 import re
 import subprocess
@@ -100,3 +101,32 @@ def test_no_file_cites_the_private_specification():
             text = f.read().decode("utf-8", errors="ignore")
         hits += [f"{rel}:{i + 1}" for i, line in enumerate(text.splitlines()) if word.search(line)]
     assert not hits, f"{len(hits)} lines cite it, e.g. {', '.join(hits[:8])}"
+
+
+def defined_names(path: str) -> set[str]:
+    """Top-level functions, classes and assignments of a module, and Class.method for its classes' methods."""
+    names = set()
+    for node in ast.parse(open(path).read()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                names |= {f"{node.name}.{m.name}" for m in node.body if isinstance(m, ast.FunctionDef)}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def test_every_code_reference_in_the_docs_exists():
+    """`file.py:name` in README.md, ASSIGNMENTS.md and docs/*.md names a function, class or constant that exists."""
+    docs = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "ASSIGNMENTS.md")]
+    docs += sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    stale = []
+    for doc in docs:
+        for file, name in re.findall(r"\b([a-z_]+\.py):([A-Za-z_][\w.]*\w)", open(doc).read()):
+            path = os.path.join(ROOT, file)
+            if file == "file.py":  # the notation itself, explained in method.md
+                continue
+            if not os.path.isfile(path) or name not in defined_names(path):
+                stale.append(f"{os.path.relpath(doc, ROOT)}: {file}:{name}")
+    assert not stale, stale

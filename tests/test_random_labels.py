@@ -29,7 +29,7 @@ def test_uniform_over_k_and_covers_all_classes():
     assert labels.min() == 0 and labels.max() == 9
     chi2 = (((counts - 10_000) ** 2) / 10_000).sum().item()
     assert chi2 < 30  # 9 d.o.f.: p < 0.001 above ~27.9
-    assert counts.max() != counts.min()  # i.i.d. draws, not a balanced permutation (SPEC 1)
+    assert counts.max() != counts.min()  # i.i.d. draws, not a balanced permutation (method.md §1)
     assert R.random_labels(50, 120, 0).max() < 120
 
 

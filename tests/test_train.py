@@ -25,7 +25,7 @@ class ToySupernet(nn.Module):
 
 
 def sgd(model):
-    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)  # SPEC 3 style
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)  # method.md §3 style
 
 
 def batch(seed=0):
@@ -66,7 +66,7 @@ def test_train_step_is_one_sgd_step_on_the_sampled_path():
 
 
 def test_unsampled_ops_keep_decaying_only_in_decay_mode():
-    # SPEC pitfall 10 / README detail 5: an op sampled once keeps a zero gradient tensor with "decay", so SGD still
+    # method.md pitfall 10 / details.md detail 5: an op sampled once keeps a zero gradient tensor with "decay", so SGD still
     # applies weight decay and momentum when it is not on the path; with "frozen" it stays exactly where it was.
     x, y = batch()
     for unsampled, should_move in (("decay", True), ("frozen", False)):
