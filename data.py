@@ -6,14 +6,14 @@ label as an int, and exposes `.targets` (LongTensor (N,), 0-based, read without 
 and wraps the dataset in `Relabeled`, which swaps the label and keeps the image untouched.
 
 Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021, arXiv:2101.11834 -- the random-label
-supernet training of the method (SPEC.md section 1). What this file reproduces from the official NAS-Bench-201 code
-(SPEC.md sections 1 and 3, pitfall 3 in section 8):
+supernet training of the method (docs/method.md §1). What this file reproduces from the official NAS-Bench-201 code
+(method.md §1 and §3, method.md pitfall 3):
   - the CIFAR-10 supernet sees only one half (25k/25k) of the training set (`split_indices`);
   - ImageNet16-120 keeps the raw labels 1..120 and shifts them to 0..119 (the "ImageNet16 quirk");
   - the augmentation: flip + RandomCrop(S, padding=S//8) + normalize for training, normalize only for testing.
 
 Datasets (`DATASETS`): cifar10, cifar100 (torchvision, under --data), imagenet16-120 (the NB201 pickles),
-imagenet (an ImageFolder tree with train/ and val/, the DARTS-space ImageNet pipeline of SPEC 3/6), folder (any
+imagenet (an ImageFolder tree with train/ and val/, the DARTS-space ImageNet pipeline of method.md §3/§6), folder (any
 ImageFolder tree with train/ and test/ or val/) and fake (synthetic, for smoke runs and tests).
 
 This module is imported, never run. Usage, from a stage script:
@@ -23,6 +23,7 @@ This module is imported, never run. Usage, from a stage script:
     loader = make_loader(Relabeled(ds, train_idx, labels), 64, train=True, seed=seed, epoch=epoch)
 """
 
+import codecs
 import os
 import pickle
 import socket
@@ -56,6 +57,14 @@ _WAYS_OUT = (
 class DataError(Exception):
     """A dataset that cannot be loaded. str() is one line for the user: what is wrong and how to fix it."""
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        # Raised in a DataLoader worker, it comes back as "Caught DataError in DataLoader worker process 0.\nOriginal
+        # Traceback ...\ndata.DataError: <message>": keep the message, the user's one line.
+        if text.startswith("Caught DataError") and "\n" in text:
+            return text.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+        return text
+
 
 # ------------------------------------------------------------------------------------------------------------------
 # BOILERPLATE: transforms. torchvision.transforms.v2 treats PIL images (folder) and uint8 tensors (cifar, imagenet16,
@@ -81,7 +90,7 @@ class _Normalize:
 
 
 def build_transform(size: int, mean: list[float], std: list[float], augment: bool, resize: bool = False) -> v2.Compose:
-    """The official NB201 pipeline for S x S images (SPEC 3): train = flip + RandomCrop(S, pad S//8) + normalize."""
+    """The official NB201 pipeline for S x S images (method.md §3): train = flip + RandomCrop(S, pad S//8) + normalize."""
     steps = [v2.ToImage()]  # PIL or uint8 tensor -> uint8 tv_tensors.Image (3, H, W)
     if resize:
         # Folder images of another size: short side to S, then the central S x S. Resize returns an S-sized image
@@ -96,7 +105,7 @@ def build_transform(size: int, mean: list[float], std: list[float], augment: boo
 
 class _Lighting:
     """AlexNet-style PCA lighting noise (std 0.1) on a float image in [0, 1]: add eigvec @ (alpha * eigval) to every
-    pixel, alpha ~ N(0, std) per image, with the ImageNet RGB eigen-decomposition (SPEC 3: DARTS/MobileNet ImageNet)."""
+    pixel, alpha ~ N(0, std) per image, with the ImageNet RGB eigen-decomposition (method.md §3: DARTS/MobileNet ImageNet)."""
 
     EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
     EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
@@ -117,8 +126,8 @@ IMAGENET_STYLES = ("lighting", "normalize")
 def build_imagenet_transform(size: int, augment: bool, style: str = "lighting") -> v2.Compose:
     """The two ImageNet pipelines of the official code; both: train = RandomResizedCrop(S, scale 0.08-1) + flip,
     eval = resize the short side to S*256/224 + CenterCrop(S).
-    style 'lighting' (SPEC 3 supernets of both spaces, SPEC 6 DARTS retraining): [0, 1] floats + PCA lighting 0.1
-    on train, NO mean/std normalization. style 'normalize' (SPEC 6 MobileNet retraining): torchvision's
+    style 'lighting' (method.md §3 supernets of both spaces, §6 DARTS retraining): [0, 1] floats + PCA lighting 0.1
+    on train, NO mean/std normalization. style 'normalize' (method.md §6 MobileNet retraining): torchvision's
     ImageNet mean/std, no lighting."""
     if style not in IMAGENET_STYLES:
         raise ValueError(f"imagenet style must be one of {IMAGENET_STYLES}, got {style!r}")
@@ -165,7 +174,15 @@ class FileImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = torchvision.datasets.folder.default_loader(self.samples[i][0])  # PIL RGB
+        path = self.samples[i][0]
+        try:
+            image = torchvision.datasets.folder.default_loader(path)  # PIL RGB
+        except Exception as e:  # a truncated JPEG, an empty file, text named .jpg: PIL raises OSError, ValueError, ...
+            # Stop and name the file rather than skip it: a skipped image would silently change the training set
+            # (and the recorded indices); one bad file usually means a damaged copy, with more to find.
+            raise DataError(
+                f"cannot read image {path!r} ({_one_line(e)}); replace or delete that file, then run the command again"
+            ) from None
         return self.transform(image), int(self.targets[i])
 
 
@@ -199,6 +216,56 @@ def _load_cifar(name: str, root: str, train: bool) -> TensorImages:
     return TensorImages(images, torch.tensor(ds.targets), len(ds.classes))
 
 
+# The only globals an ImageNet16 batch may name: numpy's array and scalar rebuilders (both module paths, numpy 1 and 2)
+# and _codecs.encode, which protocol-2 pickles use for bytes. Anything else (os.system, builtins.eval, ...) is refused.
+_NUMPY_GLOBALS = {
+    "_reconstruct": np.zeros(1).__reduce__()[0],
+    "scalar": np.int64(0).__reduce__()[0],
+}
+_PICKLE_GLOBALS = {
+    **{(m, k): v for m in ("numpy.core.multiarray", "numpy._core.multiarray") for k, v in _NUMPY_GLOBALS.items()},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """pickle.Unpickler for the ImageNet16 batches: numpy arrays and plain types only, so a crafted file under --data
+    cannot run anything (plain pickle.load calls whatever callable the file names)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a NAS-Bench-201 batch never holds")
+        return _PICKLE_GLOBALS[module, name]
+
+
+def _read_imagenet16_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One NB201 ImageNet16 pickle -> (rows uint8 (n, 768), raw labels int64 (n,)), checked, without running code."""
+    try:
+        with open(path, "rb") as f:
+            entry = _BatchUnpickler(f, encoding="latin1").load()  # {'data': uint8 (n, 768), 'labels': ints 1..1000}
+    except pickle.UnpicklingError as e:
+        raise DataError(f"imagenet16-120: refused to read {path!r}: {_one_line(e)}; {_WAYS_OUT}") from None
+    except Exception as e:  # truncated or damaged bytes reach the unpickler in any state: EOFError, KeyError, ...
+        raise DataError(f"imagenet16-120: {path!r} is not a readable pickle ({_one_line(e)}); {_WAYS_OUT}") from None
+    rows = entry.get("data") if isinstance(entry, dict) else None
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3 * 16 * 16:
+        what = f"rows of {rows.shape[1:]} {rows.dtype} values" if isinstance(rows, np.ndarray) else "no 'data' array"
+        raise DataError(
+            f"imagenet16-120: {path!r} holds {what}, not 768 = 3x16x16 uint8: not the NAS-Bench-201 ImageNet16 "
+            f"pickles; {_WAYS_OUT}"
+        )
+    try:
+        labels = np.asarray(entry.get("labels"))
+        ok = labels.ndim == 1 and len(labels) == len(rows) and np.issubdtype(labels.dtype, np.integer)
+    except Exception:  # ragged or odd objects
+        ok = False
+    if not ok:
+        raise DataError(f"imagenet16-120: {path!r} does not hold one integer label per image; {_WAYS_OUT}")
+    return rows, labels.astype(np.int64)
+
+
 def _load_imagenet16(root: str, train: bool) -> TensorImages:
     names = [f"train_data_batch_{i}" for i in range(1, 11)] if train else ["val_data"]
     # The NB201 download unpacks into ImageNet16/, so accept --data pointing at it or at its parent.
@@ -211,17 +278,11 @@ def _load_imagenet16(root: str, train: bool) -> TensorImages:
         )
     data, labels = [], []
     for n in names:
-        with open(os.path.join(folder, n), "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # {'data': uint8 (n, 768), 'labels': ints 1..1000}
-        if entry["data"].ndim != 2 or entry["data"].shape[1] != 3 * 16 * 16:
-            raise DataError(
-                f"imagenet16-120: {os.path.join(folder, n)!r} holds rows of {entry['data'].shape[1:]} "
-                f"values, not 768 = 3x16x16: not the NAS-Bench-201 ImageNet16 pickles; {_WAYS_OUT}"
-            )
-        data.append(entry["data"])
-        labels.append(np.asarray(entry["labels"], dtype=np.int64))
+        rows, raw = _read_imagenet16_batch(os.path.join(folder, n))
+        data.append(rows)
+        labels.append(raw)
     data, labels = np.concatenate(data), np.concatenate(labels)  # (N, 768), (N,)
-    # RLNAS: ImageNet16 quirk (SPEC 1). Raw labels are 1-indexed; ImageNet16-120 keeps classes 1..120 and the
+    # RLNAS: ImageNet16 quirk (method.md §1). Raw labels are 1-indexed; ImageNet16-120 keeps classes 1..120 and the
     # official loader subtracts 1 in __getitem__. We shift once here, so targets (and random labels) are 0..119.
     keep = (labels >= 1) & (labels <= 120)
     images = torch.from_numpy(data[keep]).view(-1, 3, 16, 16)  # channel-major rows -> (N, 3, 16, 16)
@@ -319,7 +380,7 @@ def load_dataset(
         ds = _load_folder(root, train, name)
     else:
         ds = _load_fake(train, size, fake_images, fake_classes, fake_seed)
-    # The test split is never augmented, whatever the caller asks (SPEC 3: test = normalize only).
+    # The test split is never augmented, whatever the caller asks (method.md §3: test = normalize only).
     if name == "imagenet":
         ds.transform = build_imagenet_transform(size, augment=augment and train, style=imagenet_style)
     else:
@@ -333,7 +394,7 @@ def _one_line(e: Exception) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# RLNAS: which images the supernet sees, and with which labels (SPEC 1, pitfall 3).
+# RLNAS: which images the supernet sees, and with which labels (method.md §1, method.md pitfall 3).
 
 
 def split_indices(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,11 +85,19 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet16-120": 120, "imagenet"
 p = common.Parser(description="Retrain one searched architecture from scratch on the real labels (stage 3).")
 p.add_argument(
     "--arch",
+    type=common.nonempty,
     default=None,
     help="architecture string: NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or a MobileNet model_id '2 0 -1 2 ...'",
 )
-p.add_argument("--genotype", default=None, help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)")
-p.add_argument("--ckpt-search", default=None, help="search.json written by search.py: retrain its winner")
+p.add_argument(
+    "--genotype",
+    type=common.nonempty,
+    default=None,
+    help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)",
+)
+p.add_argument(
+    "--ckpt-search", type=common.nonempty, default=None, help="search.json written by search.py: retrain its winner"
+)
 p.add_argument(
     "--space", default=None, choices=list(SPACES), help="search space (default: the search.json's; darts for --genotype)"
 )
@@ -100,19 +108,23 @@ p.add_argument(
     help="network variant: cifar or imagenet (default: imagenet for --dataset imagenet, else cifar)",
 )
 p.add_argument("--count-only", action="store_true", help="print the parameters and multiply-adds of the network and exit")
-p.add_argument("--channels", type=common.number(int), default=None, help="C (16; DARTS 36 CIFAR, 48 ImageNet)")
-p.add_argument("--layers", type=common.number(int), default=None, help="NB201: N cells per stage (5); DARTS: cells (20; 14)")
-p.add_argument("--width", type=common.number(float, 0.01), default=None, help="MobileNet: channel multiplier (1.0)")
-p.add_argument("--dropout", type=common.number(float, 0), default=None, help="MobileNet: dropout before the classifier (0.2)")
+p.add_argument("--channels", type=common.channels, default=None, help="C (16; DARTS 36 CIFAR, 48 ImageNet)")
+p.add_argument("--layers", type=common.layers, default=None, help="NB201: N cells per stage (5); DARTS: cells (20; 14)")
+p.add_argument("--width", type=common.width, default=None, help="MobileNet: channel multiplier (1.0)")
+p.add_argument("--dropout", type=common.fraction, default=None, help="MobileNet: dropout before the classifier (0.2)")
 p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset (default cifar10)")
-p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
+p.add_argument("--data", type=common.nonempty, default="./data", help="dataset directory (default ./data)")
 p.add_argument(
-    "--image-size", type=common.number(int), default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
+    "--image-size", type=common.image_size, default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
 )
-p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
-p.add_argument("--data-seed", type=int, default=0, help="seed of --subset and of the fake data (0)")
-p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
-p.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (2)")
+p.add_argument(
+    "--subset", type=common.number(int), default=0, help="train on a seeded random subset of N images (default all)"
+)
+p.add_argument("--data-seed", type=common.seed, default=0, help="seed of --subset and of the fake data (0)")
+p.add_argument(
+    "--fake-images", type=common.number(int, 1, 10**6), default=1024, help="size of the --dataset fake training set"
+)
+p.add_argument("--workers", type=common.number(int, 0, 256), default=2, help="DataLoader worker processes (2)")
 p.add_argument(
     "--data-path",
     default="auto",
@@ -137,19 +149,23 @@ p.add_argument(
     "linear-iter: linear to 0 per iteration (MobileNet)",
 )
 p.add_argument("--warmup-epochs", type=common.number(int, 0), default=None, help="linear warm-up epochs (0; ImageNet 5)")
-p.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum (0.9)")
+p.add_argument("--momentum", type=common.fraction, default=None, help="SGD momentum (0.9)")
 p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum (on for NB201)")
 p.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay (5e-4)")
 p.add_argument("--wd-on", default=None, choices=list(common.WD_ON), help="which parameters get weight decay (all)")
 p.add_argument("--grad-clip", type=common.number(float, 0), default=None, help="gradient clipping threshold (0 = off)")
 p.add_argument("--clip-mode", default=None, choices=["norm", "value"], help="clip the gradient norm or each value (norm)")
-p.add_argument("--label-smoothing", type=common.number(float, 0), default=None, help="label smoothing (0; ImageNet 0.1)")
+p.add_argument("--label-smoothing", type=common.fraction, default=None, help="label smoothing (0; ImageNet 0.1)")
 p.add_argument("--aux-weight", type=common.number(float, 0), default=None, help="auxiliary-head loss weight (0; DARTS 0.4)")
-p.add_argument("--drop-path", type=common.number(float, 0), default=None, help="final drop-path probability (0; C10 0.2)")
-p.add_argument("--cutout", type=common.number(int, 0), default=None, help="cutout square side in pixels (0; DARTS-C10 16)")
-p.add_argument("--seed", type=int, default=0, help="seed of the init and the data order (0)")
+p.add_argument("--drop-path", type=common.fraction, default=None, help="final drop-path probability (0; C10 0.2)")
+p.add_argument(
+    "--cutout", type=common.number(int, 0, 1024), default=None, help="cutout square side in pixels (0; DARTS-C10 16)"
+)
+p.add_argument("--seed", type=common.seed, default=0, help="seed of the init and the data order (0)")
 p.add_argument("--eval-every", type=common.number(int), default=1, help="test every N epochs (and after the last) (1)")
-p.add_argument("--out", default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)")
+p.add_argument(
+    "--out", type=common.nonempty, default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)"
+)
 p.add_argument("--resume", action="store_true", help="continue the run in --out")
 p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
 p.add_argument(
@@ -159,7 +175,7 @@ p.add_argument("--log-every", type=common.number(int), default=50, help="progres
 p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
 p.add_argument(
-    "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank"
+    "--dist-timeout", type=common.number(float, 0.1, 1e5), default=30.0, help="minutes before DDP gives up on a dead rank"
 )
 RUN_FLAGS = {"out", "resume", "force", "log_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
 RUN_FLAGS |= {"eval_every", "count_only"}  # how often to test changes no weight

@@ -52,8 +52,8 @@ RECIPES = {
 
 # Config
 p = common.Parser(description="Search the architecture with the largest angle (stage 2).")
-p.add_argument("--ckpt", required=True, help="supernet.pt written by train.py (it names its W0 file)")
-p.add_argument("--w0", default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
+p.add_argument("--ckpt", type=common.nonempty, required=True, help="supernet.pt written by train.py (it names its W0 file)")
+p.add_argument("--w0", type=common.nonempty, default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
 p.add_argument(
     "--fitness",
     default="angle",
@@ -61,7 +61,9 @@ p.add_argument(
     help="angle: RLNAS (default); accuracy: one-shot accuracy on held-out real labels after BN recalibration "
     "(Table 1 A/C); params: parameter count, the trivial proxy; random: a seeded random score (random search)",
 )
-p.add_argument("--data", default=None, help="--fitness accuracy: dataset directory (default: the one train.py used)")
+p.add_argument(
+    "--data", type=common.nonempty, default=None, help="--fitness accuracy: dataset directory (default: the one train.py used)"
+)
 p.add_argument("--recal-batches", type=common.number(int), default=20, help="--fitness accuracy: BN recalibration batches")
 p.add_argument(
     "--eval-images", type=common.number(int, 0), default=5000, help="--fitness accuracy: held-out images (5000; 0 = all)"
@@ -73,7 +75,7 @@ p.add_argument("--population", type=common.number(int), default=None, help="cand
 p.add_argument("--topk", type=common.number(int), default=None, help="elitist archive that parents come from (30; 10)")
 p.add_argument("--mutations", type=common.number(int, 0), default=None, help="mutants per generation (50; 25)")
 p.add_argument("--crossovers", type=common.number(int, 0), default=None, help="crossover children per generation (50; 25)")
-p.add_argument("--mutation-prob", type=common.number(float, 0), default=None, help="per-gene mutation probability (0.1)")
+p.add_argument("--mutation-prob", type=common.fraction, default=None, help="per-gene mutation probability (0.1)")
 p.add_argument("--generations", type=common.number(int), default=None, help="generations (20)")
 p.add_argument(
     "--max-flops",
@@ -82,7 +84,7 @@ p.add_argument(
     help="only architectures with at most M million multiply-adds at the supernet's input size (checked before "
     "scoring; SPEC 5: 600 for DARTS-ImageNet; default 475 for MobileNet)",
 )
-p.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
+p.add_argument("--seed", type=common.seed, default=0, help="seed of the evolution (default 0)")
 p.add_argument("--benchmark", default=None, help="NAS-Bench-201 CSV (ArchitectureString + accuracy columns) to report against")
 p.add_argument(
     "--plot",
@@ -91,7 +93,7 @@ p.add_argument(
     "(with --benchmark), and tau vs epoch when train.py ran with --track-tau",
 )
 p.add_argument("--top", type=common.number(int), default=10, help="how many architectures to print (10)")
-p.add_argument("--out", default=None, help="where to write search.json (default: beside --ckpt)")
+p.add_argument("--out", type=common.nonempty, default=None, help="where to write search.json (default: beside --ckpt)")
 p.add_argument("--resume", action="store_true", help="continue the search recorded in --out")
 p.add_argument("--force", action="store_true", help="overwrite an existing search.json")
 

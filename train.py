@@ -92,13 +92,11 @@ p.add_argument(
     help="network variant of the space: cifar (32x32 stem) or imagenet (the ImageNet stems); default: imagenet for "
     "--dataset imagenet, else cifar",
 )
-p.add_argument("--channels", type=common.number(int), default=None, help="C, channels of the first stage (NB201 16)")
+p.add_argument("--channels", type=common.channels, default=None, help="C, channels of the first stage (NB201 16)")
 p.add_argument(
-    "--layers", type=common.number(int), default=None, help="NB201: N cells per stage (5); DARTS: cells in all (8 or 14)"
+    "--layers", type=common.layers, default=None, help="NB201: N cells per stage (5); DARTS: cells in all (8 or 14)"
 )
-p.add_argument(
-    "--width", type=common.number(float, 0.01), default=None, help="MobileNet: channel multiplier (1.0; tiny runs 0.125)"
-)
+p.add_argument("--width", type=common.width, default=None, help="MobileNet: channel multiplier (1.0; tiny runs 0.125)")
 p.add_argument(
     "--sampling",
     default=None,
@@ -108,9 +106,9 @@ p.add_argument(
 )
 # data
 p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="training data (default cifar10)")
-p.add_argument("--data", default="./data", help="dataset directory (default ./data)")
+p.add_argument("--data", type=common.nonempty, default="./data", help="dataset directory (default ./data)")
 p.add_argument(
-    "--image-size", type=common.number(int), default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
+    "--image-size", type=common.image_size, default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
 )
 p.add_argument(
     "--split",
@@ -118,10 +116,14 @@ p.add_argument(
     choices=["auto", "half", "full"],
     help="half: a seeded 25k/25k split of the training set, as the official NB201 CIFAR-10 run; auto = half for nb201+cifar10",
 )
-p.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
-p.add_argument("--data-seed", type=int, default=0, help="seed of the half split and of --subset (default 0)")
-p.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
-p.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (default 2)")
+p.add_argument(
+    "--subset", type=common.number(int), default=0, help="train on a seeded random subset of N images (default all)"
+)
+p.add_argument("--data-seed", type=common.seed, default=0, help="seed of the half split and of --subset (default 0)")
+p.add_argument(
+    "--fake-images", type=common.number(int, 1, 10**6), default=1024, help="size of the --dataset fake training set"
+)
+p.add_argument("--workers", type=common.number(int, 0, 256), default=2, help="DataLoader worker processes (default 2)")
 p.add_argument(
     "--data-path",
     default="auto",
@@ -145,9 +147,9 @@ p.add_argument(
     help="uniform: i.i.d. uniform labels drawn once (the paper); shuffle: permuted true labels; redraw: new labels "
     "every epoch (ablations)",
 )
-p.add_argument("--label-seed", type=int, default=0, help="seed of the random-label draw, and nothing else (default 0)")
+p.add_argument("--label-seed", type=common.seed, default=0, help="seed of the random-label draw, and nothing else (default 0)")
 p.add_argument(
-    "--label-classes", type=common.number(int, 0), default=0, help="K for random labels (0 = the dataset's class count)"
+    "--label-classes", type=common.number(int, 2), default=0, help="K >= 2 for random labels (default: the dataset's)"
 )
 # optimisation (SPEC 3; the values in brackets are NB201's, RECIPES has the others)
 p.add_argument("--epochs", type=common.number(int), default=None, help="training epochs (250)")
@@ -161,7 +163,7 @@ p.add_argument(
     help="cosine: per epoch, lr -> lr-min (NB201, DARTS-CIFAR); linear: per iteration, reaching lr-min at the last "
     "step (ImageNet supernets)",
 )
-p.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum (0.9)")
+p.add_argument("--momentum", type=common.fraction, default=None, help="SGD momentum (0.9)")
 p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum (on for NB201)")
 p.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay (5e-4)")
 p.add_argument(
@@ -175,7 +177,7 @@ p.add_argument(
     "--clip-mode", default=None, choices=["norm", "value"], help="clip the global gradient norm, or each value (ImageNet)"
 )
 p.add_argument(
-    "--label-smoothing", type=common.number(float, 0), default=None, help="label smoothing of the CE loss (0; ImageNet 0.1)"
+    "--label-smoothing", type=common.fraction, default=None, help="label smoothing of the CE loss (0; ImageNet 0.1)"
 )
 p.add_argument(
     "--unsampled",
@@ -184,9 +186,16 @@ p.add_argument(
     help="ops off the sampled path: decay = keep weight decay and momentum once sampled (official, default); "
     "frozen = untouched",
 )
-p.add_argument("--seed", type=int, default=0, help="seed of the weight init, the path sampler and the data order (default 0)")
+p.add_argument(
+    "--seed", type=common.seed, default=0, help="seed of the weight init, the path sampler and the data order (default 0)"
+)
 # run
-p.add_argument("--out", default=None, help="run directory (default runs/<space>-<dataset>-<labels>-s<seed>-l<label-seed>)")
+p.add_argument(
+    "--out",
+    type=common.nonempty,
+    default=None,
+    help="run directory (default runs/<space>-<dataset>-<labels>-s<seed>-l<label-seed>)",
+)
 p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
 p.add_argument(
@@ -217,7 +226,7 @@ p.add_argument(
     help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)",
 )
 p.add_argument(
-    "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank (30)"
+    "--dist-timeout", type=common.number(float, 0.1, 1e5), default=30.0, help="minutes before DDP gives up on a dead rank (30)"
 )
 
 CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "step", "rng", "grad_holders", "w0", "labels", "supernet_args"}
