@@ -90,6 +90,7 @@ def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
             why = f"it has no config.json, so it is not a {stage}.py run directory"
         if why:
             raise UsageError(f"--force refused: {out} is not a {stage}.py run directory ({why}); pass --out DIR")
+    common.check_writable(out, "--out", directory=True)  # a read-only place fails now, not after the data is read
 
 
 def make_run_dir(out: str, force: bool, marker: str) -> None:
@@ -102,9 +103,13 @@ def make_run_dir(out: str, force: bool, marker: str) -> None:
         stage = STAGE_OF[marker]
         if _protected(out) or _foreign_entries(out, stage):
             raise UsageError(f"--force refused: {out} changed meanwhile and now holds other files; pass --out DIR")
-        for name in os.listdir(out):
-            os.remove(os.path.join(out, name))
-    os.makedirs(out, exist_ok=True)
+    try:
+        if force and os.path.isdir(out):
+            for name in os.listdir(out):
+                os.remove(os.path.join(out, name))
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise common.write_error(err, out) from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -130,13 +130,14 @@ def genotype_to_darts(text: str) -> tuple[int, ...]:
         call = ast.parse(text.strip(), mode="eval").body
         ok = isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Genotype" and not call.args
         fields = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords} if ok else {}
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):  # TypeError: an unhashable literal {[1]}
         ok = False
     if not ok or set(fields) != {"normal", "normal_concat", "reduce", "reduce_concat"}:
         raise ValueError(f"malformed DARTS genotype {text[:80]!r}...; expected {example}")
     genes = [0] * (2 * NUM_DARTS_EDGES)
     for cell, key in ((0, "normal"), (NUM_DARTS_EDGES, "reduce")):
-        if fields[f"{key}_concat"] != list(range(2, 2 + DARTS_STEPS)):
+        concat = fields[f"{key}_concat"]
+        if concat != list(range(2, 2 + DARTS_STEPS)) or any(type(c) is not int for c in concat):  # 2.0, True: no
             raise ValueError(f"DARTS genotype: {key}_concat must be [2, 3, 4, 5] (every node feeds the output)")
         pairs = fields[key]
         if not isinstance(pairs, (list, tuple)) or len(pairs) != 2 * DARTS_STEPS:
@@ -146,7 +147,7 @@ def genotype_to_darts(text: str) -> tuple[int, ...]:
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] in DARTS_OPS and pair[0] != "none"):
                 ops = ", ".join(DARTS_OPS[1:])
                 raise ValueError(f"DARTS genotype: {key} pair {pair!r} must be (op, input) with op in {ops}")
-            if not (isinstance(pair[1], int) and 0 <= pair[1] < node):
+            if not (type(pair[1]) is int and 0 <= pair[1] < node):  # `type is`: True is an int, not an input index
                 raise ValueError(f"DARTS genotype: {key} pair {pair!r} feeds node {node}, so its input must be 0..{node - 1}")
             e = cell + darts_edge(pair[1], node)
             if genes[e]:

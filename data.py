@@ -23,6 +23,7 @@ This module is imported, never run. Usage, from a stage script:
     loader = make_loader(Relabeled(ds, train_idx, labels), 64, train=True, seed=seed, epoch=epoch)
 """
 
+import codecs
 import os
 import pickle
 import socket
@@ -55,6 +56,14 @@ _WAYS_OUT = (
 
 class DataError(Exception):
     """A dataset that cannot be loaded. str() is one line for the user: what is wrong and how to fix it."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        # Raised in a DataLoader worker, it comes back as "Caught DataError in DataLoader worker process 0.\nOriginal
+        # Traceback ...\ndata.DataError: <message>": keep the message, the user's one line.
+        if text.startswith("Caught DataError") and "\n" in text:
+            return text.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+        return text
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -166,7 +175,15 @@ class FileImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = torchvision.datasets.folder.default_loader(self.samples[i][0])  # PIL RGB
+        path = self.samples[i][0]
+        try:
+            image = torchvision.datasets.folder.default_loader(path)  # PIL RGB
+        except Exception as e:  # a truncated JPEG, an empty file, text named .jpg: PIL raises OSError, ValueError, ...
+            # Stop and name the file rather than skip it: a skipped image would silently change the training set
+            # (and the recorded indices); one bad file usually means a damaged copy, with more to find.
+            raise DataError(
+                f"cannot read image {path!r} ({_one_line(e)}); replace or delete that file, then run the command again"
+            ) from None
         return self.transform(image), int(self.targets[i])
 
 
@@ -200,6 +217,56 @@ def _load_cifar(name: str, root: str, train: bool) -> TensorImages:
     return TensorImages(images, torch.tensor(ds.targets), len(ds.classes))
 
 
+# The only globals an ImageNet16 batch may name: numpy's array and scalar rebuilders (both module paths, numpy 1 and 2)
+# and _codecs.encode, which protocol-2 pickles use for bytes. Anything else (os.system, builtins.eval, ...) is refused.
+_NUMPY_GLOBALS = {
+    "_reconstruct": np.zeros(1).__reduce__()[0],
+    "scalar": np.int64(0).__reduce__()[0],
+}
+_PICKLE_GLOBALS = {
+    **{(m, k): v for m in ("numpy.core.multiarray", "numpy._core.multiarray") for k, v in _NUMPY_GLOBALS.items()},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """pickle.Unpickler for the ImageNet16 batches: numpy arrays and plain types only, so a crafted file under --data
+    cannot run anything (plain pickle.load calls whatever callable the file names)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a NAS-Bench-201 batch never holds")
+        return _PICKLE_GLOBALS[module, name]
+
+
+def _read_imagenet16_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One NB201 ImageNet16 pickle -> (rows uint8 (n, 768), raw labels int64 (n,)), checked, without running code."""
+    try:
+        with open(path, "rb") as f:
+            entry = _BatchUnpickler(f, encoding="latin1").load()  # {'data': uint8 (n, 768), 'labels': ints 1..1000}
+    except pickle.UnpicklingError as e:
+        raise DataError(f"imagenet16-120: refused to read {path!r}: {_one_line(e)}; {_WAYS_OUT}") from None
+    except Exception as e:  # truncated or damaged bytes reach the unpickler in any state: EOFError, KeyError, ...
+        raise DataError(f"imagenet16-120: {path!r} is not a readable pickle ({_one_line(e)}); {_WAYS_OUT}") from None
+    rows = entry.get("data") if isinstance(entry, dict) else None
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3 * 16 * 16:
+        what = f"rows of {rows.shape[1:]} {rows.dtype} values" if isinstance(rows, np.ndarray) else "no 'data' array"
+        raise DataError(
+            f"imagenet16-120: {path!r} holds {what}, not 768 = 3x16x16 uint8: not the NAS-Bench-201 ImageNet16 "
+            f"pickles; {_WAYS_OUT}"
+        )
+    try:
+        labels = np.asarray(entry.get("labels"))
+        ok = labels.ndim == 1 and len(labels) == len(rows) and np.issubdtype(labels.dtype, np.integer)
+    except Exception:  # ragged or odd objects
+        ok = False
+    if not ok:
+        raise DataError(f"imagenet16-120: {path!r} does not hold one integer label per image; {_WAYS_OUT}")
+    return rows, labels.astype(np.int64)
+
+
 def _load_imagenet16(root: str, train: bool) -> TensorImages:
     names = [f"train_data_batch_{i}" for i in range(1, 11)] if train else ["val_data"]
     # The NB201 download unpacks into ImageNet16/, so accept --data pointing at it or at its parent.
@@ -212,15 +279,9 @@ def _load_imagenet16(root: str, train: bool) -> TensorImages:
         )
     data, labels = [], []
     for n in names:
-        with open(os.path.join(folder, n), "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # {'data': uint8 (n, 768), 'labels': ints 1..1000}
-        if entry["data"].ndim != 2 or entry["data"].shape[1] != 3 * 16 * 16:
-            raise DataError(
-                f"imagenet16-120: {os.path.join(folder, n)!r} holds rows of {entry['data'].shape[1:]} "
-                f"values, not 768 = 3x16x16: not the NAS-Bench-201 ImageNet16 pickles; {_WAYS_OUT}"
-            )
-        data.append(entry["data"])
-        labels.append(np.asarray(entry["labels"], dtype=np.int64))
+        rows, raw = _read_imagenet16_batch(os.path.join(folder, n))
+        data.append(rows)
+        labels.append(raw)
     data, labels = np.concatenate(data), np.concatenate(labels)  # (N, 768), (N,)
     # RLNAS: ImageNet16 quirk (method.md §1). Raw labels are 1-indexed; ImageNet16-120 keeps classes 1..120 and the
     # official loader subtracts 1 in __getitem__. We shift once here, so targets (and random labels) are 0..119.

@@ -93,11 +93,19 @@ p = common.Parser(description="Retrain one searched architecture from scratch on
 g = p.add_argument_group("method: the architecture and its network (method.md §6)")
 g.add_argument(
     "--arch",
+    type=common.nonempty,
     default=None,
     help="architecture string: NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or with --space mobilenet a model_id '2 0 -1 2 ...'",
 )
-g.add_argument("--genotype", default=None, help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)")
-g.add_argument("--ckpt-search", default=None, help="search.json written by search.py: retrain its winner")
+g.add_argument(
+    "--genotype",
+    type=common.nonempty,
+    default=None,
+    help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)",
+)
+g.add_argument(
+    "--ckpt-search", type=common.nonempty, default=None, help="search.json written by search.py: retrain its winner"
+)
 g.add_argument(
     "--space",
     default=None,
@@ -110,10 +118,10 @@ g.add_argument(
     choices=["cifar", "imagenet"],
     help="network variant: cifar or imagenet (default: imagenet for --dataset imagenet, else cifar)",
 )
-g.add_argument("--channels", type=common.number(int), default=None, help="C, channels of the first stage")
-g.add_argument("--layers", type=common.number(int), default=None, help="NB201: N cells per stage; DARTS: cells in all")
-g.add_argument("--width", type=common.number(float, 0.01), default=None, help="MobileNet: channel multiplier")
-g.add_argument("--dropout", type=common.number(float, 0), default=None, help="MobileNet: dropout before the classifier")
+g.add_argument("--channels", type=common.channels, default=None, help="C, channels of the first stage")
+g.add_argument("--layers", type=common.layers, default=None, help="NB201: N cells per stage; DARTS: cells in all")
+g.add_argument("--width", type=common.width, default=None, help="MobileNet: channel multiplier")
+g.add_argument("--dropout", type=common.fraction, default=None, help="MobileNet: dropout before the classifier")
 g = p.add_argument_group("method: training recipe (method.md §6)")
 g.add_argument("--epochs", type=common.number(int), default=None, help="epochs")
 g.add_argument("--batch-size", type=common.number(int), default=None, help="batch size per process")
@@ -126,17 +134,17 @@ g.add_argument(
     "linear-iter: linear to 0 per iteration (MobileNet)",
 )
 g.add_argument("--warmup-epochs", type=common.number(int, 0), default=None, help="linear warm-up epochs")
-g.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum")
+g.add_argument("--momentum", type=common.fraction, default=None, help="SGD momentum")
 g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
 g.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay")
 g.add_argument("--wd-on", default=None, choices=list(common.WD_ON), help="which parameters get weight decay")
 g.add_argument("--grad-clip", type=common.number(float, 0), default=None, help="gradient clipping threshold (0 = off)")
 g.add_argument("--clip-mode", default=None, choices=["norm", "value"], help="clip the gradient norm or each value")
-g.add_argument("--label-smoothing", type=common.number(float, 0), default=None, help="label smoothing")
+g.add_argument("--label-smoothing", type=common.fraction, default=None, help="label smoothing")
 g.add_argument("--aux-weight", type=common.number(float, 0), default=None, help="auxiliary-head loss weight (DARTS)")
-g.add_argument("--drop-path", type=common.number(float, 0), default=None, help="final drop-path probability (DARTS)")
-g.add_argument("--cutout", type=common.number(int, 0), default=None, help="cutout square side in pixels (0 = off)")
-g.add_argument("--seed", type=int, default=0, help="seed of the init and the data order (0)")
+g.add_argument("--drop-path", type=common.fraction, default=None, help="final drop-path probability (DARTS)")
+g.add_argument("--cutout", type=common.number(int, 0, 1024), default=None, help="cutout square side in pixels (0 = off)")
+g.add_argument("--seed", type=common.seed, default=0, help="seed of the init and the data order (0)")
 g = p.add_argument_group("data")
 g.add_argument(
     "--dataset",
@@ -145,17 +153,23 @@ g.add_argument(
     help="dataset (default: with --ckpt-search the supernet run's; else imagenet for --space mobilenet and --variant "
     "imagenet, cifar10 otherwise)",
 )
-g.add_argument("--data", default="./data", help="dataset directory (default ./data)")
+g.add_argument("--data", type=common.nonempty, default="./data", help="dataset directory (default ./data)")
 g.add_argument(
-    "--image-size", type=common.number(int), default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
+    "--image-size", type=common.image_size, default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
 )
-g.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
-g.add_argument("--data-seed", type=int, default=0, help="seed of --subset and of the fake data (0)")
-g.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
+g.add_argument(
+    "--subset", type=common.number(int), default=0, help="train on a seeded random subset of N images (default all)"
+)
+g.add_argument("--data-seed", type=common.seed, default=0, help="seed of --subset and of the fake data (0)")
+g.add_argument(
+    "--fake-images", type=common.number(int, 1, 10**6), default=1024, help="size of the --dataset fake training set"
+)
 g = p.add_argument_group("run and resume")
 g.add_argument("--count-only", action="store_true", help="print the parameters and multiply-adds of the network and exit")
 g.add_argument("--eval-every", type=common.number(int), default=1, help="test every N epochs (and after the last) (1)")
-g.add_argument("--out", default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)")
+g.add_argument(
+    "--out", type=common.nonempty, default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)"
+)
 g.add_argument("--resume", action="store_true", help="continue the run in --out")
 g.add_argument("--force", action="store_true", help="overwrite an existing run directory")
 g.add_argument(
@@ -163,7 +177,7 @@ g.add_argument(
 )
 g.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
 g = p.add_argument_group("speed")
-g.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (2)")
+g.add_argument("--workers", type=common.number(int, 0, 256), default=2, help="DataLoader worker processes (2)")
 g.add_argument(
     "--data-path",
     default="auto",
@@ -186,7 +200,7 @@ g = p.add_argument_group("distributed (torchrun) and device")
 g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
 g.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
 g.add_argument(
-    "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank"
+    "--dist-timeout", type=common.number(float, 0.1, 1e5), default=30.0, help="minutes before DDP gives up on a dead rank"
 )
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.1, darts-cifar 0.025, ...)" after every flag a recipe fills
 

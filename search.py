@@ -88,7 +88,7 @@ g.add_argument(
 )
 g.add_argument(
     "--mutation-prob",
-    type=common.number(float, 0),
+    type=common.fraction,
     default=None,
     help=f"per-gene mutation probability ({recipe('mutation_prob')})",
 )
@@ -100,11 +100,13 @@ g.add_argument(
     help="only architectures with at most M million multiply-adds (the paper's units: a linear layer counts "
     "(2 in - 1) out) at the supernet's input size, checked before scoring; 600 for DARTS-ImageNet; default 475 for MobileNet",
 )
-g.add_argument("--seed", type=int, default=0, help="seed of the evolution (default 0)")
+g.add_argument("--seed", type=common.seed, default=0, help="seed of the evolution (default 0)")
 g = p.add_argument_group("data", "the supernet to search, and the images of --fitness accuracy")
-g.add_argument("--ckpt", required=True, help="supernet.pt written by train.py (it names its W0 file)")
-g.add_argument("--w0", default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
-g.add_argument("--data", default=None, help="--fitness accuracy: dataset directory (default: the one train.py used)")
+g.add_argument("--ckpt", type=common.nonempty, required=True, help="supernet.pt written by train.py (it names its W0 file)")
+g.add_argument("--w0", type=common.nonempty, default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
+g.add_argument(
+    "--data", type=common.nonempty, default=None, help="--fitness accuracy: dataset directory (default: the one train.py used)"
+)
 g.add_argument(
     "--recal-batches", type=common.number(int), default=20, help="--fitness accuracy: BN recalibration batches (20)"
 )
@@ -127,7 +129,7 @@ g.add_argument(
 )
 g.add_argument("--top", type=common.number(int), default=10, help="how many architectures to print (10)")
 g = p.add_argument_group("run and resume")
-g.add_argument("--out", default=None, help="where to write search.json (default: beside --ckpt)")
+g.add_argument("--out", type=common.nonempty, default=None, help="where to write search.json (default: beside --ckpt)")
 g.add_argument("--resume", action="store_true", help="continue the search recorded in --out")
 g.add_argument("--force", action="store_true", help="overwrite an existing search.json")
 g = p.add_argument_group("speed")

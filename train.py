@@ -98,11 +98,9 @@ g.add_argument(
     help="network variant of the space: cifar (32x32 stem) or imagenet (the ImageNet stems); default: imagenet for "
     "--dataset imagenet, else cifar",
 )
-g.add_argument("--channels", type=common.number(int), default=None, help="C, channels of the first stage")
-g.add_argument("--layers", type=common.number(int), default=None, help="NB201: N cells per stage; DARTS: cells in all")
-g.add_argument(
-    "--width", type=common.number(float, 0.01), default=None, help="MobileNet: channel multiplier (tiny runs 0.125)"
-)
+g.add_argument("--channels", type=common.channels, default=None, help="C, channels of the first stage")
+g.add_argument("--layers", type=common.layers, default=None, help="NB201: N cells per stage; DARTS: cells in all")
+g.add_argument("--width", type=common.width, default=None, help="MobileNet: channel multiplier (tiny runs 0.125)")
 g.add_argument(
     "--sampling",
     default=None,
@@ -119,9 +117,9 @@ g.add_argument(
     help="uniform: i.i.d. uniform labels drawn once (the paper); shuffle: permuted true labels; redraw: new labels "
     "every epoch (ablations)",
 )
-g.add_argument("--label-seed", type=int, default=0, help="seed of the random-label draw, and nothing else (default 0)")
+g.add_argument("--label-seed", type=common.seed, default=0, help="seed of the random-label draw, and nothing else (default 0)")
 g.add_argument(
-    "--label-classes", type=common.number(int, 0), default=0, help="K for random labels (0 = the dataset's class count)"
+    "--label-classes", type=common.number(int, 2), default=0, help="K >= 2 for random labels (default: the dataset's)"
 )
 g = p.add_argument_group("method: training recipe (method.md §3)")
 g.add_argument("--epochs", type=common.number(int), default=None, help="training epochs")
@@ -135,7 +133,7 @@ g.add_argument(
     help="cosine: per epoch, lr -> lr-min (NB201, DARTS-CIFAR); linear: per iteration, reaching lr-min at the last "
     "step (ImageNet supernets)",
 )
-g.add_argument("--momentum", type=common.number(float, 0), default=None, help="SGD momentum")
+g.add_argument("--momentum", type=common.fraction, default=None, help="SGD momentum")
 g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
 g.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay")
 g.add_argument(
@@ -146,7 +144,7 @@ g.add_argument(
 )
 g.add_argument("--grad-clip", type=common.number(float, 0), default=None, help="gradient clipping threshold (0 = off)")
 g.add_argument("--clip-mode", default=None, choices=["norm", "value"], help="clip the global gradient norm, or each value")
-g.add_argument("--label-smoothing", type=common.number(float, 0), default=None, help="label smoothing of the CE loss")
+g.add_argument("--label-smoothing", type=common.fraction, default=None, help="label smoothing of the CE loss")
 g.add_argument(
     "--unsampled",
     default="decay",
@@ -154,12 +152,14 @@ g.add_argument(
     help="ops off the sampled path: decay = keep weight decay and momentum once sampled (official, default); "
     "frozen = untouched",
 )
-g.add_argument("--seed", type=int, default=0, help="seed of the weight init, the path sampler and the data order (default 0)")
+g.add_argument(
+    "--seed", type=common.seed, default=0, help="seed of the weight init, the path sampler and the data order (default 0)"
+)
 g = p.add_argument_group("data")
 g.add_argument("--dataset", default="cifar10", choices=DATASETS, help="training data (default cifar10)")
-g.add_argument("--data", default="./data", help="dataset directory (default ./data)")
+g.add_argument("--data", type=common.nonempty, default="./data", help="dataset directory (default ./data)")
 g.add_argument(
-    "--image-size", type=common.number(int), default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
+    "--image-size", type=common.image_size, default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
 )
 g.add_argument(
     "--split",
@@ -167,11 +167,20 @@ g.add_argument(
     choices=["auto", "half", "full"],
     help="half: a seeded 25k/25k split of the training set, as the official NB201 CIFAR-10 run; auto = half for nb201+cifar10",
 )
-g.add_argument("--subset", type=common.number(int, 0), default=0, help="train on a seeded random subset of N images (0 = all)")
-g.add_argument("--data-seed", type=int, default=0, help="seed of the half split and of --subset (default 0)")
-g.add_argument("--fake-images", type=common.number(int), default=1024, help="size of the --dataset fake training set")
+g.add_argument(
+    "--subset", type=common.number(int), default=0, help="train on a seeded random subset of N images (default all)"
+)
+g.add_argument("--data-seed", type=common.seed, default=0, help="seed of the half split and of --subset (default 0)")
+g.add_argument(
+    "--fake-images", type=common.number(int, 1, 10**6), default=1024, help="size of the --dataset fake training set"
+)
 g = p.add_argument_group("run and resume")
-g.add_argument("--out", default=None, help="run directory (default runs/<space>-<dataset>-<labels>-s<seed>-l<label-seed>)")
+g.add_argument(
+    "--out",
+    type=common.nonempty,
+    default=None,
+    help="run directory (default runs/<space>-<dataset>-<labels>-s<seed>-l<label-seed>)",
+)
 g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 g.add_argument("--force", action="store_true", help="overwrite an existing run directory")
 g.add_argument(
@@ -205,7 +214,7 @@ g.add_argument(
 )
 g.add_argument("--log-every", type=common.number(int), default=50, help="print a progress line every N steps (50)")
 g = p.add_argument_group("speed")
-g.add_argument("--workers", type=common.number(int, 0), default=2, help="DataLoader worker processes (default 2)")
+g.add_argument("--workers", type=common.number(int, 0, 256), default=2, help="DataLoader worker processes (default 2)")
 g.add_argument(
     "--data-path",
     default="auto",
@@ -234,7 +243,7 @@ g.add_argument(
     help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)",
 )
 g.add_argument(
-    "--dist-timeout", type=common.number(float, 0.1), default=30.0, help="minutes before DDP gives up on a dead rank (30)"
+    "--dist-timeout", type=common.number(float, 0.1, 1e5), default=30.0, help="minutes before DDP gives up on a dead rank (30)"
 )
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.025, darts-cifar 0.025, ...)" after every flag a recipe fills
 

@@ -7,6 +7,8 @@ import pytest
 import torch
 from test_scripts import TINY, run
 
+import common
+
 
 def assert_user_error(res, *words):
     assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
@@ -171,3 +173,156 @@ def test_retrain_other_spaces_bad_settings(tmp_path, args, words):
     flags = ["--dataset", "fake", "--fake-images", "32", "--workers", "0", "--epochs", "1", "--out", tmp_path / "rt"]
     assert_user_error(run("retrain.py", *args, *flags, check=False), *words)
     assert not (tmp_path / "rt").exists()  # nothing left behind
+
+
+# ----------------------------------------------------------------------------------------------
+# Numbers: NaN, inf and out-of-range values are refused when the flag is parsed (tests/test_fuzz.py has every flag).
+@pytest.mark.parametrize(
+    "script, args, words",
+    [
+        ("train.py", ["--momentum", "nan"], ["--momentum", "finite"]),
+        ("train.py", ["--label-smoothing", "1.5"], ["--label-smoothing", "<= 1"]),
+        ("train.py", ["--seed", "-1"], ["--seed", ">= 0"]),
+        ("train.py", ["--subset", "0"], ["--subset", ">= 1"]),
+        ("train.py", ["--label-classes", "1"], ["--label-classes", ">= 2"]),
+        ("search.py", ["--ckpt", "x.pt", "--mutation-prob", "1.5"], ["--mutation-prob", "<= 1"]),
+        ("retrain.py", ["--arch", ""], ["--arch", "empty"]),
+    ],
+)
+def test_numbers_and_empty_strings_fail_at_parse_time(tmp_path, script, args, words):
+    assert_user_error(run(script, *args, "--out", tmp_path / "x", check=False), *words)
+    assert not (tmp_path / "x").exists()
+
+
+def test_population_larger_than_the_space_and_image_too_small():
+    import supernet as S
+
+    nb201 = S.SPACES["nb201"]
+    common.check_population(15625, nb201.gene_choices({}))  # the whole space: possible
+    with pytest.raises(common.UsageError, match="larger than the search space"):
+        common.check_population(15626, nb201.gene_choices({}))
+    net_args = dict(space="nb201", channels=4, layers=1, num_classes=10)
+    with torch.device("meta"):
+        net = nb201.supernet(net_args)
+    path = nb201.sample_path(torch.Generator().manual_seed(0), net_args)
+    common.check_image_size(net, 8, path)
+    with pytest.raises(common.UsageError) as e:
+        common.check_image_size(net, 2, path, what="nb201 supernet")
+    assert "--image-size 2 is too small for the nb201 supernet" in str(e.value) and "fits is 3" in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged and hand-edited checkpoints: load_checkpoint + check_checkpoint give one line, whatever the file holds.
+@pytest.mark.parametrize("raw", [b"hello", b"\x80", b"root:x:0:0:root:/root:/bin/bash\n" * 20, b""])
+def test_garbage_checkpoints_are_one_line(tmp_path, raw):
+    (tmp_path / "bad.pt").write_bytes(raw)
+    before = os.listdir(tmp_path)
+    res = run("search.py", "--ckpt", tmp_path / "bad.pt", check=False)
+    assert_user_error(res, "bad.pt")
+    assert os.listdir(tmp_path) == before  # no search.json written
+
+
+def edited(ckpt: dict, key: str, value) -> dict:
+    out = dict(ckpt)
+    if value is DELETE:
+        del out[key]
+    else:
+        out[key] = value
+    return out
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("supernet_args", "nb201", ["supernet_args", "not a supernet description"]),
+        ("model", [1, 2], ["'model'", "not a state_dict"]),
+        ("w0", "supernet_init.pt", ["'w0'", "not a W0 reference"]),
+        ("epoch", True, ["'epoch'", "not an integer"]),
+        ("model", DELETE, ["missing model"]),
+        ("stage", "init", ["not a supernet checkpoint", "'init'"]),
+    ],
+)
+def test_edited_checkpoint_fields(run_dir, key, value, words):
+    ckpt = common.load_checkpoint(str(run_dir / "supernet.pt"))
+    assert common.check_checkpoint(ckpt, "supernet.pt", "train") is ckpt  # the real file passes
+    with pytest.raises(common.UsageError) as e:
+        common.check_checkpoint(edited(ckpt, key, value), "supernet.pt", "supernet")
+    assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_checkpoint_references_and_weights(run_dir):
+    ckpt = common.load_checkpoint(str(run_dir / "supernet.pt"))
+    fp = ckpt["w0"]["fingerprint"]
+    for name in ("../../etc/passwd", "/etc/passwd", "", ".."):  # the file never decides where search.py reads
+        with pytest.raises(common.UsageError, match="not a file beside the checkpoint|not a W0 reference"):
+            common.check_checkpoint(edited(ckpt, "w0", {"file": name, "fingerprint": fp}), "x.pt", "supernet")
+    args = dict(ckpt["supernet_args"])
+    for field, value in (("layers", 10**9), ("channels", "4"), ("num_classes", True), ("layers", 0)):
+        with pytest.raises(common.UsageError, match=f"field '{field}'"):
+            common.check_checkpoint(edited(ckpt, "supernet_args", {**args, field: value}), "x.pt", "supernet")
+    with pytest.raises(common.UsageError, match="grad_holders names 'nope'"):
+        common.check_checkpoint(edited(ckpt, "grad_holders", ["nope"]), "x.pt", "train")
+    model = {k: v.clone() for k, v in ckpt["model"].items()}
+    name = next(k for k, v in model.items() if v.is_floating_point())
+    model[name] = torch.full_like(model[name], float("nan"))
+    with pytest.raises(common.UsageError, match="NaN or inf weights"):
+        common.check_checkpoint(edited(ckpt, "model", model), "x.pt", "supernet")
+    init = common.load_checkpoint(str(run_dir / "supernet_init.pt"))
+    assert common.check_checkpoint(init, "init.pt", "init") is init
+    with pytest.raises(common.UsageError, match="not a W0 file"):
+        common.check_checkpoint(ckpt, "supernet.pt", "init")
+
+
+def test_saved_config_is_checked_against_the_flags(run_dir):
+    import train
+
+    config = common.load_checkpoint(str(run_dir / "supernet.pt"))["config"]
+    assert common.check_config(config, train.p, "supernet.pt") is config
+    for key, value, words in (
+        ("epochs", "abc", ["--epochs", "'abc'"]),
+        ("momentum", float("nan"), ["--momentum", "finite"]),
+        ("space", "foo", ["--space", "'foo'"]),
+        ("nesterov", "yes", ["--nesterov", "true or false"]),
+        ("lr", -1.0, ["--lr", ">= 0"]),
+    ):
+        with pytest.raises(common.UsageError) as e:
+            common.check_config({**config, key: value}, train.p, "supernet.pt")
+        assert all(w in str(e.value) for w in words), str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# retrain.py inputs: search.json files that are not JSON objects, genotype literals, empty strings.
+def test_json_inputs(tmp_path, run_dir):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "bad.json").write_text("{not json")
+    cases = {
+        str(run_dir / "supernet.pt"): "binary file",
+        str(tmp_path): "is a directory",
+        str(tmp_path / "none.json"): "does not exist",
+        str(tmp_path / "list.json"): "JSON list",
+        str(tmp_path / "bad.json"): "not valid JSON",
+    }
+    for path, words in cases.items():
+        with pytest.raises(common.UsageError, match=words) as e:
+            common.load_json(path, "--ckpt-search")
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (("('sep_conv_3x3', 0)", "({{1}}, 0)"), ["malformed DARTS genotype"]),  # an unhashable literal
+        (("('sep_conv_3x3', 1)", "('sep_conv_3x3', True)"), ["True", "input must be 0..1"]),
+        (("normal_concat=[2, 3, 4, 5]", "normal_concat=[2.0, 3, 4, 5]"), ["normal_concat"]),
+    ],
+    ids=["unhashable", "true-as-index", "float-concat"],
+)
+def test_genotype_literals(change, words, tmp_path):
+    text = SEP3_POOL.replace(*change, 1)
+    assert text != SEP3_POOL
+    res = run("retrain.py", "--genotype", text, "--dataset", "fake", "--out", tmp_path / "rt", check=False)
+    assert_user_error(res, *words)
+    assert not (tmp_path / "rt").exists()
