@@ -50,13 +50,13 @@ def angle_from(dot, sq_norm0, sq_norm1):
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
-def segment_stats(w0_parts, wt_parts) -> torch.Tensor:
+def segment_stats(w0_parts, wt_parts, device=None) -> torch.Tensor:
     """(<w0, wt>, |w0|^2, |wt|^2) summed over pairs of weight segments, in float64 on the weights' device: (3,).
 
     Nothing is read back to the host here: a scorer adds these up where the weights are and copies its finished
     tables once (`to_host`), instead of waiting on the device three times per segment.
     """
-    total = torch.zeros(3, dtype=torch.float64, device=w0_parts[0].device)
+    total = torch.zeros(3, dtype=torch.float64, device=device if device is not None else w0_parts[0].device)
     for a, b in zip(w0_parts, wt_parts):
         a, b = a.detach().double().flatten(), b.detach().double().flatten()  # (P_s,), (P_s,)
         total = total + torch.stack([torch.dot(a, b), torch.dot(a, a), torch.dot(b, b)])
@@ -211,18 +211,18 @@ class AngleScorer:
         # Fixed parts, present once whenever at least one path survives: the ends (stem + head) and the two
         # reduction blocks. The official vector has both; the ablations of VECTORS leave one or both out.
         ends, reductions = _fixed_names(w0, args)
-        ends_stats = segment_stats([w0[n] for n in ends], [wt[n] for n in ends])  # (3,) = dot, |w0|^2, |wt|^2
-        red_stats = segment_stats([w0[n] for n in reductions], [wt[n] for n in reductions])  # (3,)
+        kept = ("ends" in VECTORS[vector]) * ends + ("reductions" in VECTORS[vector]) * reductions
+        device = w0[HEAD[0]].device
+        fixed = segment_stats([w0[n] for n in kept], [wt[n] for n in kept], device)  # (3,) = dot, |w0|^2, |wt|^2
         # table[g, o] = sum over the 3N searchable cells of the stats of op o on edge g (the genotype is shared).
-        table = torch.zeros((len(EDGE_KEYS), len(OPS), 3), dtype=torch.float64, device=ends_stats.device)  # (E, K, 3)
+        table = torch.zeros((len(EDGE_KEYS), len(OPS), 3), dtype=torch.float64, device=device)  # (E, K, 3)
         for pos, c in _cell_channels(args).items():
             for g in range(len(EDGE_KEYS)):
                 for op in (CONV1, CONV3):
                     name = _op_weight(pos, g, op)
                     table[g, op] += segment_stats([w0[name]], [wt[name]])
                 table[g, POOL] += c * 9 / 81.0  # the constant 1/9 [C,3,3] tensor: dot = n0 = nt = C*9/81
-        ends_stats, red_stats, self.table = to_host(ends_stats, red_stats, table)  # (3,), (3,), (E, K, 3)
-        self.fixed = ("ends" in VECTORS[vector]) * ends_stats + ("reductions" in VECTORS[vector]) * red_stats
+        self.fixed, self.table = to_host(fixed, table)  # (3,), (E, K, 3)
 
     def angles(self, archs) -> np.ndarray:
         a = np.asarray(archs, dtype=np.int64).reshape(-1, len(EDGE_KEYS))  # (M, E)
