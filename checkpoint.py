@@ -26,7 +26,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import shutil
 
 import torch
 
@@ -114,22 +113,19 @@ def make_run_dir(out: str, force: bool, marker: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Opening a run to resume: is it the same run?
-def open_run(args, path: str, keys, keep, defaults: dict | None = None) -> dict | None:
+def open_run(args, path: str, keep, parser, defaults: dict | None = None) -> dict | None:
     """Check --out/--resume/--force against the disk (on every rank: all fail alike); with --resume, load the run's
-    checkpoint `path` (supernet.pt or retrain.pt), refuse it unless it is a complete one of its stage, and take the
-    run's settings back (merge_flags). Returns the checkpoint, or None for a new run."""
+    checkpoint `path` (supernet.pt or retrain.pt), refuse it unless it is a complete one of its stage
+    (common.check_checkpoint) whose settings its own parser accepts (common.check_config), and take the run's
+    settings back (merge_flags). Returns the checkpoint, or None for a new run."""
     marker = os.path.basename(path)
     check_run_dir(args.out, args.resume, args.force, marker)
     if not args.resume:
         return None
     stage = STAGE_OF[marker]
     ckpt = common.load_checkpoint(path, f"{'supernet' if stage == 'train' else stage} checkpoint")
-    missing = set(keys) - set(ckpt)
-    if ckpt.get("stage") != stage or missing:
-        raise UsageError(
-            f"{path} is not a complete {stage}.py checkpoint (missing {sorted(missing)}); "
-            f"resume a directory written by {stage}.py"
-        )
+    common.check_checkpoint(ckpt, path, stage)
+    common.check_config(ckpt["config"], parser, path)
     merge_flags(args, ckpt["config"], keep, defaults)
     return ckpt
 
@@ -168,10 +164,10 @@ def check_labels(saved: dict, record: dict) -> None:
 
 def load_w0(path: str, fingerprint: str) -> dict:
     """The run's own W0 (supernet_init.pt), checked against the fingerprint its supernet.pt recorded."""
-    init = common.load_checkpoint(path, "initial weights")
-    if init.get("fingerprint") != fingerprint:
+    init = common.check_checkpoint(common.load_checkpoint(path, "initial weights"), path, "init")
+    if init.get("fingerprint") != fingerprint or common.state_fingerprint(init["model"]) != fingerprint:
         raise UsageError(f"{path} is not the W0 of this run (fingerprint differs); restore the run's own file")
-    return init.get("model")
+    return init["model"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,13 +202,44 @@ def restore(
     params = dict(model.named_parameters())
     for name in ckpt.get("grad_holders", ()):
         params[name].grad = torch.zeros_like(params[name])
-    if d.master and os.path.exists(log_path):  # drop log lines of an epoch the crash lost: it is redone
-        with open(log_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epoch]
-        with open(log_path, "w") as f:
-            f.writelines(kept)
+    if d.master:
+        trim_log(log_path, epoch)
     print0(f"resumed {path} at epoch {epoch} + {batch} batches, step {step}")
     return epoch, batch, step
+
+
+def trim_log(log_path: str, epoch: int) -> None:
+    """Keep the log lines of the first `epoch` epochs (the later ones belong to an epoch the crash lost: it is redone
+    and logs them again), rewriting log.jsonl atomically.
+
+    A damaged LAST line is what a kill during an append leaves behind; its epoch had no checkpoint yet, so it is redone:
+    the line is dropped with a note. A damaged line before the last one is not a crash but an edit: refused.
+    """
+    if not os.path.isfile(log_path):
+        return
+    try:
+        with open(log_path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {log_path} ({type(err).__name__}); restore it or delete it to resume") from None
+    kept = []
+    for n, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+            line_epoch = entry["epoch"]
+            if type(line_epoch) is not int:
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            if n == len(lines):
+                print0(f"note: {log_path} line {n} is incomplete (the run was killed while writing it); dropped")
+                break
+            raise UsageError(
+                f"{log_path} line {n} is not a log entry (the file was edited?); fix or delete that line to resume"
+            ) from None
+        if line_epoch <= epoch:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        common.atomic_write_text("".join(kept), log_path)
 
 
 def epoch_totals(ckpt: dict | None, epoch: int, d) -> tuple[int, torch.Tensor]:
@@ -245,8 +272,7 @@ def save(path: str, d, state: dict, totals: torch.Tensor | None = None) -> None:
 
 def keep_copy(path: str, snapshot: str) -> None:
     """A full, resumable and searchable copy of a checkpoint (train.py --keep-every), written atomically."""
-    shutil.copyfile(path, snapshot + ".tmp")
-    os.replace(snapshot + ".tmp", snapshot)
+    common.atomic_copy(path, snapshot)
 
 
 def ranks_agree(d, labels_sha: str, model, epoch: int) -> list | None:

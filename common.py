@@ -236,7 +236,7 @@ class Progress:
         epoch 3/250 | step 50/391 | loss 2.3041 | acc 10.2% | lr 2.49e-02 | 1234 img/s | ETA 2h05m
 
     The rate counts the images of all ranks in this epoch, the ETA extrapolates the steps run so far. A loss that is
-    no longer finite stops the run (exit status 1) instead of training on NaNs.
+    no longer finite stops the run (one line, exit status 2) instead of training on NaNs.
     """
 
     def __init__(self, script: str, epochs: int, world_size: int, acc: str = "acc"):
@@ -252,8 +252,8 @@ class Progress:
         if (i + 1) % every and i + 1 != self.steps:
             return
         if not torch.isfinite(totals[0]):
-            raise SystemExit(
-                f"{self.script}: error: the loss is not finite at epoch {self.epoch + 1} step {i + 1}; lower --lr"
+            raise UsageError(  # exit status 2, like a non-finite checkpoint that atomic_save refuses to write
+                f"the loss is not finite at epoch {self.epoch + 1} step {i + 1} (the run diverged); lower --lr"
             )
         rate = self.seen * self.world_size / (time.time() - self.t0)
         eta = ((self.epochs - self.epoch) * self.steps - (i + 1)) * (time.time() - self.t_run) / self.steps_run

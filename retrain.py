@@ -204,9 +204,8 @@ g.add_argument(
 )
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.1, darts-cifar 0.025, ...)" after every flag a recipe fills
 
-# What a resumed run must find in retrain.pt, and the flags that only say how to run: a resumed run may change these;
-# every other flag takes the run's own value (checkpoint.merge_flags).
-CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "arch"}
+# The flags that only say how to run: a resumed run may change these; every other flag takes the run's own value
+# (checkpoint.merge_flags). What retrain.pt must hold is common.KINDS["retrain"].
 RUN_FLAGS = {"out", "resume", "force", "log_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
 RUN_FLAGS |= {"eval_every", "count_only"}  # how often to test changes no weight
 
@@ -224,17 +223,14 @@ def resolve_arch(args):
         )
     text, space, found = args.arch or args.genotype, args.space or ("darts" if args.genotype is not None else None), None
     if args.ckpt_search is not None:
-        try:
-            with open(args.ckpt_search) as f:
-                found = json.load(f)
-            text = found["winner"]["arch"]
-            searched = found.get("supernet_args", {}).get("space")
-        except FileNotFoundError:
-            raise UsageError(f"{args.ckpt_search} does not exist; pass the search.json written by search.py") from None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise UsageError(
-                f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py"
-            ) from None
+        found = common.load_json(args.ckpt_search, "--ckpt-search")  # a missing or damaged file is one line
+        winner, net = found.get("winner"), found.get("supernet_args", {})
+        text = winner.get("arch") if isinstance(winner, dict) else None
+        searched = net.get("space") if isinstance(net, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise UsageError(f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py")
+        if searched is not None and not isinstance(searched, str):
+            raise UsageError(f"{args.ckpt_search} is damaged or was edited: its supernet_args.space is not a name")
         if space is not None and searched is not None and space != searched:
             raise UsageError(f"--space {space}, but {args.ckpt_search} searched the {searched} space; drop --space")
         space = space or searched
@@ -477,7 +473,7 @@ def main():
     if took and not args.resume:
         print0(took)
     ckpt_path, log_path = os.path.join(args.out, "retrain.pt"), os.path.join(args.out, "log.jsonl")
-    ckpt = checkpoint.open_run(args, ckpt_path, CKPT_KEYS, RUN_FLAGS | {"arch", "genotype", "ckpt_search"})
+    ckpt = checkpoint.open_run(args, ckpt_path, RUN_FLAGS | {"arch", "genotype", "ckpt_search"}, p)
     if ckpt is not None and ckpt["arch"] != arch_text:
         raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_text}")
     fill_recipe(args)
@@ -499,6 +495,9 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # Model and optimizer.
+    with torch.device("meta"):  # shapes only: an --image-size the downsampling cannot take fails here, in one line
+        probe = space.network(arch, net_args, aux=args.aux_weight > 0)
+    common.check_image_size(probe, args.image_size, what=f"{args.space} network")
     torch.manual_seed(args.seed)
     raw_model, model, fmt = build_network(args, space, arch, net_args, d)
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
@@ -563,6 +562,10 @@ def main():
         loss, acc = (totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
         entry = dict(epoch=epoch + 1, loss=loss, train_acc=acc, lr=lr, seconds=progress.end_epoch()[1])
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            bad = common.nonfinite(raw_model.state_dict())
+            if bad is not None:  # never evaluated nor written: retrain.pt stays the last good checkpoint
+                raise UsageError(f"{bad} holds NaN or inf after epoch {epoch + 1} (the run diverged); lower --lr")
+            save(epoch + 1, 0)  # the epoch's training is kept even if the evaluation fails (out of memory, Ctrl-C)
             top1, top5 = evaluate(model, test_loader, d.device, d, args.amp, fmt)
             entry.update(test_top1=top1, test_top5=top5)
             print0(f"epoch {epoch + 1}/{args.epochs} | test top-1 {top1:.2f}% | top-5 {top5:.2f}%")

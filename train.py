@@ -247,9 +247,8 @@ g.add_argument(
 )
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.025, darts-cifar 0.025, ...)" after every flag a recipe fills
 
-# What a resumed run must find in supernet.pt, and the flags that only say how to run, not what the run is: a resumed
-# run may change these (checkpoint.merge_flags); every other flag is the run's own.
-CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "step", "rng", "grad_holders", "w0", "labels", "supernet_args"}
+# The flags that only say how to run, not what the run is: a resumed run may change these (checkpoint.merge_flags);
+# every other flag is the run's own. What supernet.pt must hold is common.KINDS["train"].
 RUN_FLAGS = {
     "out",
     "resume",
@@ -450,7 +449,7 @@ def main():
     # BOILERPLATE: devices, torchrun, run directory; a resumed run takes its own settings back (checkpoint.py).
     d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
     ckpt_path, init_path, log_path = (os.path.join(args.out, f) for f in ("supernet.pt", "supernet_init.pt", "log.jsonl"))
-    ckpt = checkpoint.open_run(args, ckpt_path, CKPT_KEYS, RUN_FLAGS, defaults=vars(p.parse_args([])))  # None: a new run
+    ckpt = checkpoint.open_run(args, ckpt_path, RUN_FLAGS, p, defaults=vars(p.parse_args([])))  # None: a new run
     fill_recipe(args)  # after the resume merge: a resumed run keeps its own values
     space = SPACES[args.space]
     tau = tau_tracker(args)
@@ -467,10 +466,13 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # Model, optimizer, W0. The only global seeding call: the weight init (PyTorch defaults, method.md pitfall 2).
-    torch.manual_seed(args.seed)
     if args.image_size is None:  # the side the network (and its FLOPs count) is built for
         args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
     net_args = space.net_args(args, num_classes)
+    with torch.device("meta"):  # shapes only: an --image-size the downsampling cannot take fails here, in one line
+        probe = space.supernet(net_args)
+    common.check_image_size(probe, args.image_size, space.sample_path(torch.Generator(), net_args), what="supernet")
+    torch.manual_seed(args.seed)
     raw_model, model, fmt = build_supernet(args, space, net_args, d)
     # weight decay on every parameter (NB201, DARTS-CIFAR) or on conv weights only (ImageNet spaces), method.md §3
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
