@@ -104,7 +104,11 @@ g = p.add_argument_group("data", "the supernet to search, and the images of --fi
 g.add_argument("--ckpt", type=common.nonempty, required=True, help="supernet.pt written by train.py (it names its W0 file)")
 g.add_argument("--w0", type=common.nonempty, default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
 g.add_argument(
-    "--data", type=common.nonempty, default=None, help="--fitness accuracy: dataset directory (default: the one train.py used)"
+    "--data",
+    type=common.nonempty,
+    default="./data",
+    help="--fitness accuracy: dataset directory (default ./data, as train.py); the dataset's name and split come from "
+    "the checkpoint, its path never does: a file never decides where the program reads, writes or downloads",
 )
 g.add_argument(
     "--recal-batches", type=common.number(int), default=20, help="--fitness accuracy: BN recalibration batches (20)"
@@ -169,6 +173,9 @@ def make_fitness(args, space, w0: dict, wt: dict, net_args: dict, ckpt: dict):
         return benchmark.params_fitness(space, net_args)
     if args.fitness == "random":
         return benchmark.random_fitness(args.seed)
+    import train  # the checkpoint's data settings are checked against train.py's own flags (sizes bounded)
+
+    common.check_config(ckpt["config"], train.p, args.ckpt)
     device = common.resolve_device(args.device)
     return benchmark.OneShotAccuracy(
         space, wt, net_args, ckpt["config"], device, args.data, args.recal_batches, args.eval_images, args.batch_size

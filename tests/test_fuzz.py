@@ -237,3 +237,24 @@ def test_hand_edited_checkpoints_through_search_and_train(supernet_pt, tmp_path,
     assert_user_error(run("train.py", "--resume", "--out", run_dir, check=False), "supernet.pt", repr(key))
     assert {p: (run_dir / p).read_bytes() for p in os.listdir(run_dir)} == before
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_accuracy_fitness_never_uses_the_checkpoints_data_path(supernet_pt, tmp_path):
+    """--fitness accuracy reads the images from --data (default ./data), never from the path in the checkpoint's
+    config: nothing is created (or downloaded into) there."""
+    import shutil
+
+    run_dir, evil, mine = tmp_path / "run", tmp_path / "evil", tmp_path / "mine"
+    shutil.copytree(supernet_pt.parent, run_dir)
+    ckpt = torch.load(supernet_pt, weights_only=True)
+    torch.save({**ckpt, "config": {**ckpt["config"], "dataset": "cifar10", "image_size": None, "data": str(evil)}}, run_dir / "supernet.pt")
+    res = run(
+        "search.py", "--ckpt", run_dir / "supernet.pt", "--fitness", "accuracy", "--data", mine, "--population", 4,
+        "--generations", 1, "--out", tmp_path / "s.json", check=False,
+    )  # fmt: skip
+    assert_user_error(res, str(mine))  # cifar10 is not under --data, and there is no network to download it
+    assert not evil.exists() and not (tmp_path / "s.json").exists()
+    # a config value its own flag would refuse is one line too
+    torch.save({**ckpt, "config": {**ckpt["config"], "fake_images": 10**12}}, run_dir / "supernet.pt")
+    res = run("search.py", "--ckpt", run_dir / "supernet.pt", "--fitness", "accuracy", "--out", tmp_path / "s.json", check=False)
+    assert_user_error(res, "--fake-images")
