@@ -247,7 +247,8 @@ def test_accuracy_fitness_never_uses_the_checkpoints_data_path(supernet_pt, tmp_
     run_dir, evil, mine = tmp_path / "run", tmp_path / "evil", tmp_path / "mine"
     shutil.copytree(supernet_pt.parent, run_dir)
     ckpt = torch.load(supernet_pt, weights_only=True)
-    torch.save({**ckpt, "config": {**ckpt["config"], "dataset": "cifar10", "image_size": None, "data": str(evil)}}, run_dir / "supernet.pt")
+    edited = {**ckpt["config"], "dataset": "cifar10", "image_size": None, "data": str(evil)}
+    torch.save({**ckpt, "config": edited}, run_dir / "supernet.pt")
     res = run(
         "search.py", "--ckpt", run_dir / "supernet.pt", "--fitness", "accuracy", "--data", mine, "--population", 4,
         "--generations", 1, "--out", tmp_path / "s.json", check=False,
@@ -256,5 +257,6 @@ def test_accuracy_fitness_never_uses_the_checkpoints_data_path(supernet_pt, tmp_
     assert not evil.exists() and not (tmp_path / "s.json").exists()
     # a config value its own flag would refuse is one line too
     torch.save({**ckpt, "config": {**ckpt["config"], "fake_images": 10**12}}, run_dir / "supernet.pt")
-    res = run("search.py", "--ckpt", run_dir / "supernet.pt", "--fitness", "accuracy", "--out", tmp_path / "s.json", check=False)
+    flags = ["--fitness", "accuracy", "--out", tmp_path / "s.json"]
+    res = run("search.py", "--ckpt", run_dir / "supernet.pt", *flags, check=False)
     assert_user_error(res, "--fake-images")
