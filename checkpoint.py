@@ -27,6 +27,11 @@ import fnmatch
 import json
 import os
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs are then not locked
+    fcntl = None
+
 import torch
 
 import common
@@ -38,10 +43,13 @@ from common import UsageError, print0
 # What each stage writes into its run directory (search.py and its plots may add theirs beside a supernet). --force
 # deletes a directory only when every entry in it matches its stage's list, so it can never empty a directory that
 # holds anything else: '.', a repository, a home directory, another stage's run.
+LOCK = "run.lock"  # held (fcntl.flock) by the run using the directory: a second run on the same --out fails at once
 RUN_FILES = {
-    "train": ("supernet.pt", "supernet_init.pt", "supernet_ep*.pt", "log.jsonl", "config.json", "search*.json", "*.png"),
-    "retrain": ("retrain.pt", "log.jsonl", "config.json"),
-}
+    "train": (
+        "supernet.pt", "supernet_init.pt", "supernet_ep*.pt", "log.jsonl", "config.json", "search*.json", "*.png", LOCK,
+    ),
+    "retrain": ("retrain.pt", "log.jsonl", "config.json", LOCK),
+}  # fmt: skip
 STAGE_OF = {"supernet.pt": "train", "retrain.pt": "retrain"}
 
 
@@ -65,17 +73,55 @@ def _protected(out: str) -> str | None:
     return None
 
 
+def _contents(out: str) -> list[str]:
+    """What a run directory holds besides its lock and the temp files of interrupted atomic writes."""
+    return [n for n in os.listdir(out) if n != LOCK and not n.endswith(".tmp")]
+
+
+_held: dict[str, object] = {}  # run directory -> its open lock file: held until the process exits
+
+
+def lock_run_dir(out: str) -> None:
+    """Take the run directory's lock (master only: the other ranks of a torchrun belong to the same run), or fail in
+    one line if another run holds it. flock is released by the kernel when the process ends, however it ends
+    (SIGKILL included), so a crashed run never leaves a stale lock behind."""
+    key = os.path.realpath(out)
+    if fcntl is None or not common.MASTER or key in _held:
+        return
+    path = os.path.join(out, LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        raise common.write_error(err, path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"{out} is in use by another run (it holds the lock {path}); wait for that run to end, or pass --out DIR"
+        ) from None
+    except OSError:  # a file system without locks (some network mounts): run unlocked rather than not at all
+        os.close(fd)
+        return
+    _held[key] = fd
+
+
 def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
-    """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk."""
+    """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk; lock an existing
+    run directory before anything in it is read or removed."""
     stage = STAGE_OF[marker]
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a directory; pass --out DIR for the run directory")
+    if os.path.isdir(out) and not _protected(out):  # lock before the checks below: another run may be writing there
+        if os.path.isfile(os.path.join(out, LOCK)) or (_contents(out) and not _foreign_entries(out, stage)):
+            common.check_writable(out, "--out", directory=True)
+            lock_run_dir(out)  # never creates the lock file in a directory that is not a run of this stage
     if resume:
         if not os.path.isfile(os.path.join(out, marker)):
             raise UsageError(
                 f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run"
             )
-    elif os.path.isdir(out) and os.listdir(out):
+    elif os.path.isdir(out) and _contents(out):
         if not force:
             raise UsageError(
                 f"run directory {out} already exists: pass --resume to continue it, "
@@ -93,20 +139,27 @@ def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
 
 
 def make_run_dir(out: str, force: bool, marker: str) -> None:
-    """Create a new run directory (master only); with --force the files of an old run of the same stage go first.
+    """Create a new run directory (master only) and lock it; with --force the files of an old run of the same stage
+    go first, once the lock is held.
 
     check_run_dir has already refused anything else, and only that stage's own files are removed one by one: never
     shutil.rmtree, so even a race with a user's file appearing meanwhile cannot take it along.
     """
-    if force and os.path.isdir(out):
-        stage = STAGE_OF[marker]
-        if _protected(out) or _foreign_entries(out, stage):
-            raise UsageError(f"--force refused: {out} changed meanwhile and now holds other files; pass --out DIR")
     try:
-        if force and os.path.isdir(out):
-            for name in os.listdir(out):
-                os.remove(os.path.join(out, name))
         os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise common.write_error(err, out) from None
+    lock_run_dir(out)
+    stage = STAGE_OF[marker]
+    if _contents(out) and not force:  # another run created it meanwhile and has finished (it held the lock)
+        raise UsageError(f"run directory {out} was created meanwhile by another run; pass --out DIR for a new run")
+    if force and (_protected(out) or _foreign_entries(out, stage)):
+        raise UsageError(f"--force refused: {out} changed meanwhile and now holds other files; pass --out DIR")
+    try:
+        if force:
+            for name in os.listdir(out):
+                if name != LOCK:
+                    os.remove(os.path.join(out, name))
     except OSError as err:
         raise common.write_error(err, out) from None
 
