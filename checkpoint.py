@@ -7,7 +7,7 @@ checkpoint holds everything that steers the next step, and a resumed run checks 
 
     open_run(args, path, ...)        --out, --resume and --force against what is on disk (check_run_dir); with
                                      --resume the run's checkpoint, checked to be a complete one of its stage, and
-                                     the run's own settings back (merge_flags; train.py: a differing flag is an error)
+                                     the run's own settings back (merge_flags: a differing flag is an error)
     make_run_dir(out, force, marker) the new run's directory, once the data is there; never loses a user's file
     check_labels(saved, record)      ... the same random labels and the same images (train.py)
     load_w0(path, fingerprint)       ... and its own W0, the initial weights the angle is measured from (train.py)
@@ -117,10 +117,11 @@ def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
             common.check_writable(out, "--out", directory=True)
             lock_run_dir(out)  # never creates the lock file in a directory that is not a run of this stage
     if resume:
-        if not os.path.isfile(os.path.join(out, marker)):
-            raise UsageError(
-                f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run"
-            )
+        if not os.path.isdir(out):
+            raise UsageError(f"nothing to resume: {out} does not exist; drop --resume to start a new run")
+        if not os.path.isfile(os.path.join(out, marker)) and not os.path.isfile(os.path.join(out, "config.json")):
+            why = "holds only temp files" if os.listdir(out) else "is empty"  # the run stopped before writing anything
+            raise UsageError(f"nothing to resume: {out} {why}; drop --resume to start the run anew in it")
     elif os.path.isdir(out) and _contents(out):
         if not force:
             raise UsageError(
@@ -166,42 +167,55 @@ def make_run_dir(out: str, force: bool, marker: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Opening a run to resume: is it the same run?
-def open_run(args, path: str, keep, parser, defaults: dict | None = None) -> dict | None:
+def open_run(args, path: str, keep, parser) -> dict | None:
     """Check --out/--resume/--force against the disk (on every rank: all fail alike); with --resume, load the run's
     checkpoint `path` (supernet.pt or retrain.pt), refuse it unless it is a complete one of its stage
     (common.check_checkpoint) whose settings its own parser accepts (common.check_config), and take the run's
-    settings back (merge_flags). Returns the checkpoint, or None for a new run."""
+    settings back (merge_flags). Returns the checkpoint, or None for a new run; None also with --resume when the run
+    stopped before its first checkpoint: its settings then come from its config.json (written before anything else)
+    and it starts again from epoch 0 (train.py: with its own W0)."""
     marker = os.path.basename(path)
     check_run_dir(args.out, args.resume, args.force, marker)
     if not args.resume:
         return None
     stage = STAGE_OF[marker]
+    if not os.path.isfile(path):  # stopped before its first checkpoint (killed in epoch 1): it restarts from epoch 0
+        config_path = os.path.join(args.out, "config.json")
+        config = common.check_config(common.load_json(config_path, "run config"), parser, config_path)
+        merge_flags(args, config, keep, common.explicit_flags(parser))
+        print0(f"{args.out} has no {marker} yet (stopped in its first epoch): restarting it from epoch 0")
+        return None
     ckpt = common.load_checkpoint(path, f"{'supernet' if stage == 'train' else stage} checkpoint")
     common.check_checkpoint(ckpt, path, stage)
     common.check_config(ckpt["config"], parser, path)
-    merge_flags(args, ckpt["config"], keep, defaults)
+    merge_flags(args, ckpt["config"], keep, common.explicit_flags(parser))
     return ckpt
 
 
-def merge_flags(args, config: dict, keep, defaults: dict | None = None) -> None:
-    """A resumed run takes its own settings back: every flag of `config` (the run's vars(args)) but those in `keep`
-    (how to run, not what the run is: --out, --log-every, --device ...).
+# How to run on this machine, never what the run is: never taken back from the run, whatever the command line says.
+MACHINE_FLAGS = {"out", "resume", "force", "device", "backend", "dist_timeout", "data", "count_only"}
 
-    With `defaults` (train.py), a flag given explicitly with another value than the run's is an error, not silently
-    dropped; without (retrain.py), the run's value wins. Keys the parser no longer knows are skipped.
+
+def merge_flags(args, config: dict, keep, explicit: set[str]) -> None:
+    """A resumed run takes its own settings back from `config` (the run's vars(args)).
+
+    `explicit` holds the flags given on this command line (common.explicit_flags: a sentinel default, so a flag
+    given with its default value counts too). A flag of the run given with another value is an error, never silently
+    dropped; the flags in `keep` (how often to log, save, test ...) may change, and take the run's value when not
+    given; MACHINE_FLAGS (--out, --device, --data ...) are always this command line's. Unknown keys are skipped.
     """
     for key, saved in config.items():
-        if key in keep or not hasattr(args, key):
+        if key in MACHINE_FLAGS or not hasattr(args, key):
             continue
-        if defaults is not None:
-            if key not in defaults:
-                continue
+        if key in explicit:
             now = getattr(args, key)
-            if now != defaults[key] and now != saved:  # given explicitly and different from the run's own value
+            if key not in keep and now != saved:
                 raise UsageError(
                     f"--{key.replace('_', '-')} {now} differs from the run being resumed ({saved}); "
                     "drop the flag or start a new run with --out"
                 )
+            if key in keep:
+                continue
         setattr(args, key, saved)
 
 
@@ -215,9 +229,11 @@ def check_labels(saved: dict, record: dict) -> None:
         raise UsageError("the resumed run would train on other images (split/subset changed); use the run's own settings")
 
 
-def load_w0(path: str, fingerprint: str) -> dict:
-    """The run's own W0 (supernet_init.pt), checked against the fingerprint its supernet.pt recorded."""
+def load_w0(path: str, fingerprint: str | None = None) -> dict:
+    """The run's own W0 (supernet_init.pt), checked against the fingerprint its supernet.pt recorded (None: the one
+    the file records, for a run that stopped before its first supernet.pt)."""
     init = common.check_checkpoint(common.load_checkpoint(path, "initial weights"), path, "init")
+    fingerprint = fingerprint or init.get("fingerprint")
     if init.get("fingerprint") != fingerprint or common.state_fingerprint(init["model"]) != fingerprint:
         raise UsageError(f"{path} is not the W0 of this run (fingerprint differs); restore the run's own file")
     return init["model"]

@@ -456,6 +456,11 @@ def count_only(args, space, arch) -> None:
 
 def main():
     args = p.parse_args()
+    if args.resume and args.out and not (args.arch or args.genotype or args.ckpt_search):  # the run's own architecture
+        config = common.load_json(os.path.join(args.out, "config.json"), "run config")
+        if not isinstance(config.get("arch"), str) or not isinstance(config.get("space"), str):
+            raise UsageError(f"{args.out}/config.json names no architecture; pass the run's --arch (or --genotype)")
+        args.arch, args.space = config["arch"], args.space or config["space"]
     space, arch, found = resolve_arch(args)
     took = default_dataset(args, found)  # the flag, else the supernet run's, else the space's own
     arch_text = space.format(arch)
@@ -489,6 +494,7 @@ def main():
         checkpoint.make_run_dir(args.out, args.force, "retrain.pt")
     if d.ddp:
         torch.distributed.barrier()
+    common.STOP["resume"] = f"python retrain.py --resume --out {args.out}"  # what an interrupt's one line suggests
     test_loader = epoch_loader(
         test_set, args.batch_size, False, args.seed, 0, d.device, d.rank, d.world_size, args.workers, fast, cache
     )
@@ -503,6 +509,8 @@ def main():
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
     if ckpt is None:
         start_epoch, step = 0, 0
+        if args.resume and d.master:  # stopped before its first checkpoint: it starts again from epoch 0
+            checkpoint.trim_log(log_path, 0)
         if d.master:
             config = {**vars(args), "arch": arch_text, "git_commit": common.git_commit()}
             common.atomic_write_json(config, os.path.join(args.out, "config.json"))
@@ -528,6 +536,7 @@ def main():
     recipe = dict(aux_weight=args.aux_weight, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip)
     recipe.update(clip_mode=args.clip_mode, amp=args.amp)
     progress = common.Progress("retrain.py", args.epochs, d.world_size, acc="train acc")
+    common.STOP["armed"] = not d.ddp  # SIGTERM: stop after the current step, with a checkpoint of it (one process)
     for epoch in range(start_epoch, args.epochs):
         lr = lr_at(epoch, args)
         common.set_lr(optimizer, lr)
@@ -540,7 +549,7 @@ def main():
         )
         model.train()
         skip, totals = checkpoint.epoch_totals(ckpt, epoch, d)  # loss sum, correct, images on this rank
-        progress.start_epoch(epoch, len(loader))
+        progress.start_epoch(epoch, len(loader), skip)
         for i, (x, y) in enumerate(loader):
             if i < skip:
                 continue  # drawn again (same order, same crops) but already trained on
@@ -557,6 +566,10 @@ def main():
             progress.step(i, len(y), totals, lr, args.log_every)
             if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
                 save(epoch, i + 1, totals)
+            if common.stop_requested() and i + 1 < len(loader):  # SIGTERM: a mid-epoch checkpoint, then stop
+                save(epoch, i + 1, totals)
+                common.STOP["saved"] = ckpt_path
+                raise common.Interrupted()
         if d.ddp:  # the epoch's loss and accuracy over all ranks
             torch.distributed.all_reduce(totals)
         loss, acc = (totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
@@ -572,6 +585,10 @@ def main():
         if d.master:
             common.append_jsonl(log_path, entry)
         save(epoch + 1, 0)  # after the log line: a crash in between only repeats this epoch
+        if common.stop_requested():  # SIGTERM in the epoch's last step or its evaluation: saved just now
+            common.STOP["saved"] = ckpt_path
+            raise common.Interrupted()
+    common.STOP["armed"] = False
     print0(f"done: {arch_text} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
     common.cleanup_distributed(d)
 

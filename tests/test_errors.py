@@ -195,7 +195,7 @@ def test_numbers_and_empty_strings_fail_at_parse_time(tmp_path, script, args, wo
 
 
 def test_population_larger_than_the_space_and_image_too_small():
-    import supernet as S
+    import spaces as S
 
     nb201 = S.SPACES["nb201"]
     common.check_population(15625, nb201.gene_choices({}))  # the whole space: possible
