@@ -113,7 +113,8 @@ def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a directory; pass --out DIR for the run directory")
     if os.path.isdir(out) and not _protected(out):  # lock before the checks below: another run may be writing there
-        if os.path.isfile(os.path.join(out, LOCK)) or (_contents(out) and not _foreign_entries(out, stage)):
+        is_run = os.path.isfile(os.path.join(out, "config.json")) and not _foreign_entries(out, stage)
+        if os.path.isfile(os.path.join(out, LOCK)) or is_run:
             common.check_writable(out, "--out", directory=True)
             lock_run_dir(out)  # never creates the lock file in a directory that is not a run of this stage
     if resume:

@@ -305,6 +305,7 @@ def main():
                 line += f" | tau({col}) {bench.tau(gen.evaluated, col):+.3f}"
             print(line)
             write_state(out, state, gen.evaluated, gen.archive, gen.index + 1, space, done=False)
+            common.STOP["resume"] = f"python search.py --ckpt {args.ckpt} --out {out} --resume (and the same flags)"
 
         try:
             # RLNAS: the SPOS evolution (evolution.py), maximising the fitness

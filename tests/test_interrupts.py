@@ -125,3 +125,20 @@ def test_resume_sees_every_explicit_flag(tmp_path):
     res = run("retrain.py", *RETRAIN[:2], *TINY, "--epochs", 2, "--resume", "--out", tmp_path / "r", check=False)
     assert_user_error(res, "--epochs 2", "(1)")
     assert files(tmp_path / "r") == before
+
+
+def test_corrupt_log_line_on_resume(tmp_path):
+    """A torn last line of log.jsonl (a kill during an append) is dropped with a note and the log rewritten
+    atomically; a damaged line before the last one is an edit, refused in one line with the file left as it is."""
+    from test_scripts import TINY
+
+    out = tmp_path / "run"
+    run("train.py", *TINY, "--epochs", 1, "--out", out)
+    good = (out / "log.jsonl").read_text()
+    (out / "log.jsonl").write_text(good + '{"epoch": 2, "lo')
+    res = run("train.py", "--resume", "--out", out)
+    assert "line 2 is incomplete" in res.stdout and (out / "log.jsonl").read_text() == good
+    (out / "log.jsonl").write_text("not json\n" + good)
+    before = files(out)
+    assert_user_error(run("train.py", "--resume", "--out", out, check=False), "log.jsonl line 1", "fix or delete")
+    assert files(out) == before
