@@ -121,8 +121,13 @@ def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
         if not os.path.isdir(out):
             raise UsageError(f"nothing to resume: {out} does not exist; drop --resume to start a new run")
         if not os.path.isfile(os.path.join(out, marker)) and not os.path.isfile(os.path.join(out, "config.json")):
-            why = "holds only temp files" if os.listdir(out) else "is empty"  # the run stopped before writing anything
-            raise UsageError(f"nothing to resume: {out} {why}; drop --resume to start the run anew in it")
+            if not _contents(out):  # the run stopped before writing anything: a new run may start in it
+                why = "holds only temp files" if os.listdir(out) else "is empty"
+                raise UsageError(f"nothing to resume: {out} {why}; drop --resume to start the run anew in it")
+            raise UsageError(
+                f"nothing to resume: {out} holds neither {marker} nor config.json, so it is not a {stage}.py run; "
+                "pass --out DIR for a new run"
+            )
     elif os.path.isdir(out) and _contents(out):
         if not force:
             raise UsageError(
