@@ -25,7 +25,7 @@ def test_second_run_on_the_same_out_fails_on_the_lock(tmp_path):
     proc = start("train.py", *SLOW, "--out", out)
     try:
         t0 = time.time()
-        while not (out / "config.json").exists():
+        while not (out / "supernet_init.pt").exists():
             assert proc.poll() is None and time.time() - t0 < 120, proc.stderr.read()[-2000:]
             time.sleep(0.01)
         w0 = (out / "supernet_init.pt").read_bytes()
