@@ -7,7 +7,7 @@ checkpoint holds everything that steers the next step, and a resumed run checks 
 
     open_run(args, path, ...)        --out, --resume and --force against what is on disk (check_run_dir); with
                                      --resume the run's checkpoint, checked to be a complete one of its stage, and
-                                     the run's own settings back (merge_flags; train.py: a differing flag is an error)
+                                     the run's own settings back (merge_flags: a differing flag is an error)
     make_run_dir(out, force, marker) the new run's directory, once the data is there; never loses a user's file
     check_labels(saved, record)      ... the same random labels and the same images (train.py)
     load_w0(path, fingerprint)       ... and its own W0, the initial weights the angle is measured from (train.py)
@@ -26,7 +26,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import shutil
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs are then not locked
+    fcntl = None
 
 import torch
 
@@ -39,10 +43,13 @@ from common import UsageError, print0
 # What each stage writes into its run directory (search.py and its plots may add theirs beside a supernet). --force
 # deletes a directory only when every entry in it matches its stage's list, so it can never empty a directory that
 # holds anything else: '.', a repository, a home directory, another stage's run.
+LOCK = "run.lock"  # held (fcntl.flock) by the run using the directory: a second run on the same --out fails at once
 RUN_FILES = {
-    "train": ("supernet.pt", "supernet_init.pt", "supernet_ep*.pt", "log.jsonl", "config.json", "search*.json", "*.png"),
-    "retrain": ("retrain.pt", "log.jsonl", "config.json"),
-}
+    "train": (
+        "supernet.pt", "supernet_init.pt", "supernet_ep*.pt", "log.jsonl", "config.json", "search*.json", "*.png", LOCK,
+    ),
+    "retrain": ("retrain.pt", "log.jsonl", "config.json", LOCK),
+}  # fmt: skip
 STAGE_OF = {"supernet.pt": "train", "retrain.pt": "retrain"}
 
 
@@ -66,17 +73,62 @@ def _protected(out: str) -> str | None:
     return None
 
 
+def _contents(out: str) -> list[str]:
+    """What a run directory holds besides its lock and the temp files of interrupted atomic writes."""
+    return [n for n in os.listdir(out) if n != LOCK and not n.endswith(".tmp")]
+
+
+_held: dict[str, object] = {}  # run directory -> its open lock file: held until the process exits
+
+
+def lock_run_dir(out: str) -> None:
+    """Take the run directory's lock (master only: the other ranks of a torchrun belong to the same run), or fail in
+    one line if another run holds it. flock is released by the kernel when the process ends, however it ends
+    (SIGKILL included), so a crashed run never leaves a stale lock behind."""
+    key = os.path.realpath(out)
+    if fcntl is None or not common.MASTER or key in _held:
+        return
+    path = os.path.join(out, LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        raise common.write_error(err, path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"{out} is in use by another run (it holds the lock {path}); wait for that run to end, or pass --out DIR"
+        ) from None
+    except OSError:  # a file system without locks (some network mounts): run unlocked rather than not at all
+        os.close(fd)
+        return
+    _held[key] = fd
+
+
 def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
-    """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk."""
+    """Fail early (before any data is read) if --out/--resume/--force do not fit what is on disk; lock an existing
+    run directory before anything in it is read or removed."""
     stage = STAGE_OF[marker]
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a directory; pass --out DIR for the run directory")
+    if os.path.isdir(out) and not _protected(out):  # lock before the checks below: another run may be writing there
+        is_run = os.path.isfile(os.path.join(out, "config.json")) and not _foreign_entries(out, stage)
+        if os.path.isfile(os.path.join(out, LOCK)) or is_run:
+            common.check_writable(out, "--out", directory=True)
+            lock_run_dir(out)  # never creates the lock file in a directory that is not a run of this stage
     if resume:
-        if not os.path.isfile(os.path.join(out, marker)):
+        if not os.path.isdir(out):
+            raise UsageError(f"nothing to resume: {out} does not exist; drop --resume to start a new run")
+        if not os.path.isfile(os.path.join(out, marker)) and not os.path.isfile(os.path.join(out, "config.json")):
+            if not _contents(out):  # the run stopped before writing anything: a new run may start in it
+                why = "holds only temp files" if os.listdir(out) else "is empty"
+                raise UsageError(f"nothing to resume: {out} {why}; drop --resume to start the run anew in it")
             raise UsageError(
-                f"nothing to resume: {os.path.join(out, marker)} does not exist; drop --resume to start a new run"
+                f"nothing to resume: {out} holds neither {marker} nor config.json, so it is not a {stage}.py run; "
+                "pass --out DIR for a new run"
             )
-    elif os.path.isdir(out) and os.listdir(out):
+    elif os.path.isdir(out) and _contents(out):
         if not force:
             raise UsageError(
                 f"run directory {out} already exists: pass --resume to continue it, "
@@ -94,65 +146,82 @@ def check_run_dir(out: str, resume: bool, force: bool, marker: str) -> None:
 
 
 def make_run_dir(out: str, force: bool, marker: str) -> None:
-    """Create a new run directory (master only); with --force the files of an old run of the same stage go first.
+    """Create a new run directory (master only) and lock it; with --force the files of an old run of the same stage
+    go first, once the lock is held.
 
     check_run_dir has already refused anything else, and only that stage's own files are removed one by one: never
     shutil.rmtree, so even a race with a user's file appearing meanwhile cannot take it along.
     """
-    if force and os.path.isdir(out):
-        stage = STAGE_OF[marker]
-        if _protected(out) or _foreign_entries(out, stage):
-            raise UsageError(f"--force refused: {out} changed meanwhile and now holds other files; pass --out DIR")
     try:
-        if force and os.path.isdir(out):
-            for name in os.listdir(out):
-                os.remove(os.path.join(out, name))
         os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise common.write_error(err, out) from None
+    lock_run_dir(out)
+    stage = STAGE_OF[marker]
+    if _contents(out) and not force:  # another run created it meanwhile and has finished (it held the lock)
+        raise UsageError(f"run directory {out} was created meanwhile by another run; pass --out DIR for a new run")
+    if force and (_protected(out) or _foreign_entries(out, stage)):
+        raise UsageError(f"--force refused: {out} changed meanwhile and now holds other files; pass --out DIR")
+    try:
+        if force:
+            for name in os.listdir(out):
+                if name != LOCK:
+                    os.remove(os.path.join(out, name))
     except OSError as err:
         raise common.write_error(err, out) from None
 
 
 # ----------------------------------------------------------------------------------------------
 # Opening a run to resume: is it the same run?
-def open_run(args, path: str, keys, keep, defaults: dict | None = None) -> dict | None:
+def open_run(args, path: str, keep, parser) -> dict | None:
     """Check --out/--resume/--force against the disk (on every rank: all fail alike); with --resume, load the run's
-    checkpoint `path` (supernet.pt or retrain.pt), refuse it unless it is a complete one of its stage, and take the
-    run's settings back (merge_flags). Returns the checkpoint, or None for a new run."""
+    checkpoint `path` (supernet.pt or retrain.pt), refuse it unless it is a complete one of its stage
+    (common.check_checkpoint) whose settings its own parser accepts (common.check_config), and take the run's
+    settings back (merge_flags). Returns the checkpoint, or None for a new run; None also with --resume when the run
+    stopped before its first checkpoint: its settings then come from its config.json (written before anything else)
+    and it starts again from epoch 0 (train.py: with its own W0)."""
     marker = os.path.basename(path)
     check_run_dir(args.out, args.resume, args.force, marker)
     if not args.resume:
         return None
     stage = STAGE_OF[marker]
+    if not os.path.isfile(path):  # stopped before its first checkpoint (killed in epoch 1): it restarts from epoch 0
+        config_path = os.path.join(args.out, "config.json")
+        config = common.check_config(common.load_json(config_path, "run config"), parser, config_path)
+        merge_flags(args, config, keep, common.explicit_flags(parser))
+        print0(f"{args.out} has no {marker} yet (stopped in its first epoch): restarting it from epoch 0")
+        return None
     ckpt = common.load_checkpoint(path, f"{'supernet' if stage == 'train' else stage} checkpoint")
-    missing = set(keys) - set(ckpt)
-    if ckpt.get("stage") != stage or missing:
-        raise UsageError(
-            f"{path} is not a complete {stage}.py checkpoint (missing {sorted(missing)}); "
-            f"resume a directory written by {stage}.py"
-        )
-    merge_flags(args, ckpt["config"], keep, defaults)
+    common.check_checkpoint(ckpt, path, stage)
+    common.check_config(ckpt["config"], parser, path)
+    merge_flags(args, ckpt["config"], keep, common.explicit_flags(parser))
     return ckpt
 
 
-def merge_flags(args, config: dict, keep, defaults: dict | None = None) -> None:
-    """A resumed run takes its own settings back: every flag of `config` (the run's vars(args)) but those in `keep`
-    (how to run, not what the run is: --out, --log-every, --device ...).
+# How to run on this machine, never what the run is: never taken back from the run, whatever the command line says.
+MACHINE_FLAGS = {"out", "resume", "force", "device", "backend", "dist_timeout", "data", "count_only"}
 
-    With `defaults` (train.py), a flag given explicitly with another value than the run's is an error, not silently
-    dropped; without (retrain.py), the run's value wins. Keys the parser no longer knows are skipped.
+
+def merge_flags(args, config: dict, keep, explicit: set[str]) -> None:
+    """A resumed run takes its own settings back from `config` (the run's vars(args)).
+
+    `explicit` holds the flags given on this command line (common.explicit_flags: a sentinel default, so a flag
+    given with its default value counts too). A flag of the run given with another value is an error, never silently
+    dropped; the flags in `keep` (how often to log, save, test ...) may change, and take the run's value when not
+    given; MACHINE_FLAGS (--out, --device, --data ...) are always this command line's. Unknown keys are skipped.
     """
     for key, saved in config.items():
-        if key in keep or not hasattr(args, key):
+        if key in MACHINE_FLAGS or not hasattr(args, key):
             continue
-        if defaults is not None:
-            if key not in defaults:
-                continue
+        if key in explicit:
             now = getattr(args, key)
-            if now != defaults[key] and now != saved:  # given explicitly and different from the run's own value
+            if key not in keep and now != saved:
                 raise UsageError(
                     f"--{key.replace('_', '-')} {now} differs from the run being resumed ({saved}); "
                     "drop the flag or start a new run with --out"
                 )
+            if key in keep:
+                continue
         setattr(args, key, saved)
 
 
@@ -166,12 +235,14 @@ def check_labels(saved: dict, record: dict) -> None:
         raise UsageError("the resumed run would train on other images (split/subset changed); use the run's own settings")
 
 
-def load_w0(path: str, fingerprint: str) -> dict:
-    """The run's own W0 (supernet_init.pt), checked against the fingerprint its supernet.pt recorded."""
-    init = common.load_checkpoint(path, "initial weights")
-    if init.get("fingerprint") != fingerprint:
+def load_w0(path: str, fingerprint: str | None = None) -> dict:
+    """The run's own W0 (supernet_init.pt), checked against the fingerprint its supernet.pt recorded (None: the one
+    the file records, for a run that stopped before its first supernet.pt)."""
+    init = common.check_checkpoint(common.load_checkpoint(path, "initial weights"), path, "init")
+    fingerprint = fingerprint or init.get("fingerprint")
+    if init.get("fingerprint") != fingerprint or common.state_fingerprint(init["model"]) != fingerprint:
         raise UsageError(f"{path} is not the W0 of this run (fingerprint differs); restore the run's own file")
-    return init.get("model")
+    return init["model"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,13 +277,44 @@ def restore(
     params = dict(model.named_parameters())
     for name in ckpt.get("grad_holders", ()):
         params[name].grad = torch.zeros_like(params[name])
-    if d.master and os.path.exists(log_path):  # drop log lines of an epoch the crash lost: it is redone
-        with open(log_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epoch]
-        with open(log_path, "w") as f:
-            f.writelines(kept)
+    if d.master:
+        trim_log(log_path, epoch)
     print0(f"resumed {path} at epoch {epoch} + {batch} batches, step {step}")
     return epoch, batch, step
+
+
+def trim_log(log_path: str, epoch: int) -> None:
+    """Keep the log lines of the first `epoch` epochs (the later ones belong to an epoch the crash lost: it is redone
+    and logs them again), rewriting log.jsonl atomically.
+
+    A damaged LAST line is what a kill during an append leaves behind; its epoch had no checkpoint yet, so it is redone:
+    the line is dropped with a note. A damaged line before the last one is not a crash but an edit: refused.
+    """
+    if not os.path.isfile(log_path):
+        return
+    try:
+        with open(log_path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {log_path} ({type(err).__name__}); restore it or delete it to resume") from None
+    kept = []
+    for n, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+            line_epoch = entry["epoch"]
+            if type(line_epoch) is not int:
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            if n == len(lines):
+                print0(f"note: {log_path} line {n} is incomplete (the run was killed while writing it); dropped")
+                break
+            raise UsageError(
+                f"{log_path} line {n} is not a log entry (the file was edited?); fix or delete that line to resume"
+            ) from None
+        if line_epoch <= epoch:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        common.atomic_write_text("".join(kept), log_path)
 
 
 def epoch_totals(ckpt: dict | None, epoch: int, d) -> tuple[int, torch.Tensor]:
@@ -245,8 +347,7 @@ def save(path: str, d, state: dict, totals: torch.Tensor | None = None) -> None:
 
 def keep_copy(path: str, snapshot: str) -> None:
     """A full, resumable and searchable copy of a checkpoint (train.py --keep-every), written atomically."""
-    shutil.copyfile(path, snapshot + ".tmp")
-    os.replace(snapshot + ".tmp", snapshot)
+    common.atomic_copy(path, snapshot)
 
 
 def ranks_agree(d, labels_sha: str, model, epoch: int) -> list | None:

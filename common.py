@@ -42,11 +42,20 @@ def run(main, *user_errors: type[Exception]) -> None:
     status 1 too, named as what it is. Either line carries the error's own cause, condensed to one line.
     """
     name = os.path.basename(sys.argv[0])
+    signal.signal(signal.SIGTERM, _on_sigterm)  # torchrun's own handler replaces it on its ranks (setup_distributed)
     try:
         main()
     except (UsageError, *user_errors) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except (KeyboardInterrupt, Interrupted) as err:
+        signame = "SIGTERM" if isinstance(err, Interrupted) else "Ctrl-C"
+        where = f" at epoch {STOP['epoch']} step {STOP['step']}" if STOP["epoch"] else ""
+        saved = f"; saved {STOP['saved']} at this step" if STOP["saved"] else ""
+        hint = f"resume with: {STOP['resume']}" if STOP["resume"] else "nothing was written yet: run the command again"
+        if MASTER:
+            print(f"{name}: interrupted ({signame}){where}{saved}; {hint}", file=sys.stderr, flush=True)
+        sys.exit(143 if isinstance(err, Interrupted) else 130)  # 128 + the signal's number, as a shell reports it
     except RuntimeError as err:  # dist.DistError and its subclasses are RuntimeErrors too
         if "does not have a deterministic implementation" in str(err):  # raised under --deterministic
             print(
@@ -69,6 +78,29 @@ def run(main, *user_errors: type[Exception]) -> None:
             )
         print(f"{name}: error: {what} ({_one_line(err)}); {fix}", file=sys.stderr)
         sys.exit(1)
+
+
+class Interrupted(BaseException):
+    """SIGTERM (what cluster schedulers send before they kill a job), raised where the run can stop cleanly."""
+
+
+# Where an interrupt stops the run, for its one line: the training loops (Progress) fill epoch and step, the stage
+# scripts the command that resumes it once the run directory exists, and the checkpoint written on SIGTERM.
+# "armed": inside a training loop SIGTERM only sets "pending", and the loop stops after the step it is in, once it
+# has saved a checkpoint there (stop_requested); anywhere else it stops the program at once.
+STOP = {"armed": False, "pending": False, "epoch": 0, "step": 0, "resume": None, "saved": None}
+
+
+def _on_sigterm(signum, frame):
+    if STOP["armed"]:
+        STOP["pending"] = True
+    else:
+        raise Interrupted()
+
+
+def stop_requested() -> bool:
+    """Has SIGTERM arrived during the training loop? The loop then saves a checkpoint and raises Interrupted."""
+    return STOP["pending"]
 
 
 # Words of the errors a rank sees when another one died or hangs: gloo's "Connection closed by peer", a reset
@@ -135,6 +167,21 @@ class Parser(argparse.ArgumentParser):
             ]
             if values:
                 action.help = f"{action.help} (recipe: {', '.join(values)})"
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:
+    """The dests of the flags given on the command line, found by parsing it again with a sentinel as every default:
+    `--epochs 250` is explicit even when 250 is the default (an equality test with the default could not tell)."""
+    unset = object()
+    saved = [(a, a.default) for a in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = unset
+        given = parser.parse_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return {k for k, v in vars(given).items() if v is not unset}
 
 
 def _shown(value) -> str:
@@ -236,24 +283,26 @@ class Progress:
         epoch 3/250 | step 50/391 | loss 2.3041 | acc 10.2% | lr 2.49e-02 | 1234 img/s | ETA 2h05m
 
     The rate counts the images of all ranks in this epoch, the ETA extrapolates the steps run so far. A loss that is
-    no longer finite stops the run (exit status 1) instead of training on NaNs.
+    no longer finite stops the run (one line, exit status 2) instead of training on NaNs.
     """
 
     def __init__(self, script: str, epochs: int, world_size: int, acc: str = "acc"):
         self.script, self.epochs, self.world_size, self.acc = script, epochs, world_size, acc
         self.t_run, self.steps_run = time.time(), 0
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
         self.epoch, self.steps, self.t0, self.seen = epoch, steps, time.time(), 0
+        STOP.update(epoch=epoch + 1, step=done)  # where an interrupt stops the run (common.run's one line)
 
     def step(self, i: int, images: int, totals: torch.Tensor, lr: float, every: int) -> None:
         """Batch i of the epoch is done (`images` on this rank; totals = loss sum, correct, images)."""
         self.steps_run, self.seen = self.steps_run + 1, self.seen + images
+        STOP["step"] = i + 1
         if (i + 1) % every and i + 1 != self.steps:
             return
         if not torch.isfinite(totals[0]):
-            raise SystemExit(
-                f"{self.script}: error: the loss is not finite at epoch {self.epoch + 1} step {i + 1}; lower --lr"
+            raise UsageError(  # exit status 2, like a non-finite checkpoint that atomic_save refuses to write
+                f"the loss is not finite at epoch {self.epoch + 1} step {i + 1} (the run diverged); lower --lr"
             )
         rate = self.seen * self.world_size / (time.time() - self.t0)
         eta = ((self.epochs - self.epoch) * self.steps - (i + 1)) * (time.time() - self.t_run) / self.steps_run

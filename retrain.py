@@ -204,9 +204,8 @@ g.add_argument(
 )
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.1, darts-cifar 0.025, ...)" after every flag a recipe fills
 
-# What a resumed run must find in retrain.pt, and the flags that only say how to run: a resumed run may change these;
-# every other flag takes the run's own value (checkpoint.merge_flags).
-CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "arch"}
+# The flags that only say how to run: a resumed run may change these; every other flag takes the run's own value
+# (checkpoint.merge_flags). What retrain.pt must hold is common.KINDS["retrain"].
 RUN_FLAGS = {"out", "resume", "force", "log_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
 RUN_FLAGS |= {"eval_every", "count_only"}  # how often to test changes no weight
 
@@ -224,17 +223,14 @@ def resolve_arch(args):
         )
     text, space, found = args.arch or args.genotype, args.space or ("darts" if args.genotype is not None else None), None
     if args.ckpt_search is not None:
-        try:
-            with open(args.ckpt_search) as f:
-                found = json.load(f)
-            text = found["winner"]["arch"]
-            searched = found.get("supernet_args", {}).get("space")
-        except FileNotFoundError:
-            raise UsageError(f"{args.ckpt_search} does not exist; pass the search.json written by search.py") from None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise UsageError(
-                f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py"
-            ) from None
+        found = common.load_json(args.ckpt_search, "--ckpt-search")  # a missing or damaged file is one line
+        winner, net = found.get("winner"), found.get("supernet_args", {})
+        text = winner.get("arch") if isinstance(winner, dict) else None
+        searched = net.get("space") if isinstance(net, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise UsageError(f"{args.ckpt_search} is not a finished search.json (no winner); rerun or resume search.py")
+        if searched is not None and not isinstance(searched, str):
+            raise UsageError(f"{args.ckpt_search} is damaged or was edited: its supernet_args.space is not a name")
         if space is not None and searched is not None and space != searched:
             raise UsageError(f"--space {space}, but {args.ckpt_search} searched the {searched} space; drop --space")
         space = space or searched
@@ -460,6 +456,11 @@ def count_only(args, space, arch) -> None:
 
 def main():
     args = p.parse_args()
+    if args.resume and args.out and not (args.arch or args.genotype or args.ckpt_search):  # the run's own architecture
+        config = common.load_json(os.path.join(args.out, "config.json"), "run config")
+        if not isinstance(config.get("arch"), str) or not isinstance(config.get("space"), str):
+            raise UsageError(f"{args.out}/config.json names no architecture; pass the run's --arch (or --genotype)")
+        args.arch, args.space = config["arch"], args.space or config["space"]
     space, arch, found = resolve_arch(args)
     took = default_dataset(args, found)  # the flag, else the supernet run's, else the space's own
     arch_text = space.format(arch)
@@ -477,7 +478,7 @@ def main():
     if took and not args.resume:
         print0(took)
     ckpt_path, log_path = os.path.join(args.out, "retrain.pt"), os.path.join(args.out, "log.jsonl")
-    ckpt = checkpoint.open_run(args, ckpt_path, CKPT_KEYS, RUN_FLAGS | {"arch", "genotype", "ckpt_search"})
+    ckpt = checkpoint.open_run(args, ckpt_path, RUN_FLAGS | {"arch", "genotype", "ckpt_search"}, p)
     if ckpt is not None and ckpt["arch"] != arch_text:
         raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_text}")
     fill_recipe(args)
@@ -493,17 +494,23 @@ def main():
         checkpoint.make_run_dir(args.out, args.force, "retrain.pt")
     if d.ddp:
         torch.distributed.barrier()
+    common.STOP["resume"] = f"python retrain.py --resume --out {args.out}"  # what an interrupt's one line suggests
     test_loader = epoch_loader(
         test_set, args.batch_size, False, args.seed, 0, d.device, d.rank, d.world_size, args.workers, fast, cache
     )
 
     # ------------------------------------------------------------------------------------------
     # Model and optimizer.
+    with torch.device("meta"):  # shapes only: an --image-size the downsampling cannot take fails here, in one line
+        probe = space.network(arch, net_args, aux=args.aux_weight > 0)
+    common.check_image_size(probe, args.image_size, what=f"{args.space} network")
     torch.manual_seed(args.seed)
     raw_model, model, fmt = build_network(args, space, arch, net_args, d)
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
     if ckpt is None:
         start_epoch, step = 0, 0
+        if args.resume and d.master:  # stopped before its first checkpoint: it starts again from epoch 0
+            checkpoint.trim_log(log_path, 0)
         if d.master:
             config = {**vars(args), "arch": arch_text, "git_commit": common.git_commit()}
             common.atomic_write_json(config, os.path.join(args.out, "config.json"))
@@ -529,6 +536,7 @@ def main():
     recipe = dict(aux_weight=args.aux_weight, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip)
     recipe.update(clip_mode=args.clip_mode, amp=args.amp)
     progress = common.Progress("retrain.py", args.epochs, d.world_size, acc="train acc")
+    common.STOP["armed"] = not d.ddp  # SIGTERM: stop after the current step, with a checkpoint of it (one process)
     for epoch in range(start_epoch, args.epochs):
         lr = lr_at(epoch, args)
         common.set_lr(optimizer, lr)
@@ -541,7 +549,7 @@ def main():
         )
         model.train()
         skip, totals = checkpoint.epoch_totals(ckpt, epoch, d)  # loss sum, correct, images on this rank
-        progress.start_epoch(epoch, len(loader))
+        progress.start_epoch(epoch, len(loader), skip)
         for i, (x, y) in enumerate(loader):
             if i < skip:
                 continue  # drawn again (same order, same crops) but already trained on
@@ -558,17 +566,29 @@ def main():
             progress.step(i, len(y), totals, lr, args.log_every)
             if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
                 save(epoch, i + 1, totals)
+            if common.stop_requested() and i + 1 < len(loader):  # SIGTERM: a mid-epoch checkpoint, then stop
+                save(epoch, i + 1, totals)
+                common.STOP["saved"] = ckpt_path
+                raise common.Interrupted()
         if d.ddp:  # the epoch's loss and accuracy over all ranks
             torch.distributed.all_reduce(totals)
         loss, acc = (totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
         entry = dict(epoch=epoch + 1, loss=loss, train_acc=acc, lr=lr, seconds=progress.end_epoch()[1])
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            bad = common.nonfinite(raw_model.state_dict())
+            if bad is not None:  # never evaluated nor written: retrain.pt stays the last good checkpoint
+                raise UsageError(f"{bad} holds NaN or inf after epoch {epoch + 1} (the run diverged); lower --lr")
+            save(epoch + 1, 0)  # the epoch's training is kept even if the evaluation fails (out of memory, Ctrl-C)
             top1, top5 = evaluate(model, test_loader, d.device, d, args.amp, fmt)
             entry.update(test_top1=top1, test_top5=top5)
             print0(f"epoch {epoch + 1}/{args.epochs} | test top-1 {top1:.2f}% | top-5 {top5:.2f}%")
         if d.master:
             common.append_jsonl(log_path, entry)
         save(epoch + 1, 0)  # after the log line: a crash in between only repeats this epoch
+        if common.stop_requested():  # SIGTERM in the epoch's last step or its evaluation: saved just now
+            common.STOP["saved"] = ckpt_path
+            raise common.Interrupted()
+    common.STOP["armed"] = False
     print0(f"done: {arch_text} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
     common.cleanup_distributed(d)
 

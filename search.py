@@ -26,7 +26,6 @@ The search is single-process and needs no GPU (method.md pitfall 13); there is n
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -105,7 +104,11 @@ g = p.add_argument_group("data", "the supernet to search, and the images of --fi
 g.add_argument("--ckpt", type=common.nonempty, required=True, help="supernet.pt written by train.py (it names its W0 file)")
 g.add_argument("--w0", type=common.nonempty, default=None, help="initial weights, if not the supernet_init.pt beside --ckpt")
 g.add_argument(
-    "--data", type=common.nonempty, default=None, help="--fitness accuracy: dataset directory (default: the one train.py used)"
+    "--data",
+    type=common.nonempty,
+    default="./data",
+    help="--fitness accuracy: dataset directory (default ./data, as train.py); the dataset's name and split come from "
+    "the checkpoint, its path never does: a file never decides where the program reads, writes or downloads",
 )
 g.add_argument(
     "--recal-batches", type=common.number(int), default=20, help="--fitness accuracy: BN recalibration batches (20)"
@@ -170,6 +173,9 @@ def make_fitness(args, space, w0: dict, wt: dict, net_args: dict, ckpt: dict):
         return benchmark.params_fitness(space, net_args)
     if args.fitness == "random":
         return benchmark.random_fitness(args.seed)
+    import train  # the checkpoint's data settings are checked against train.py's own flags (sizes bounded)
+
+    common.check_config(ckpt["config"], train.p, args.ckpt)
     device = common.resolve_device(args.device)
     return benchmark.OneShotAccuracy(
         space, wt, net_args, ckpt["config"], device, args.data, args.recal_batches, args.eval_images, args.batch_size
@@ -186,6 +192,7 @@ def output_path(args) -> str:
         raise UsageError(
             f"{out} already exists: pass --resume to continue that search, --force to overwrite it, or --out FILE"
         )
+    common.check_writable(out, "--out")  # a directory, a file on the way or a read-only place fails now, not at the end
     return out
 
 
@@ -212,10 +219,13 @@ def flops_constraint(args, space, net_args):
 
 
 def load_supernet_pair(path: str, w0_path: str | None):
-    """(W0 state, Wt state, supernet args) from a train.py checkpoint, checked against each other."""
-    ckpt = common.load_checkpoint(path, "supernet checkpoint")
-    if ckpt.get("stage") != "train" or not {"model", "supernet_args", "w0", "epoch"} <= set(ckpt):
-        raise UsageError(f"{path} is not a supernet checkpoint written by train.py")
+    """(W0 state, Wt state, supernet args) from a train.py checkpoint, checked against each other.
+
+    W0 is the file the checkpoint names, read from beside the checkpoint only (never a path taken from the file), or
+    --w0 as the user gave it. The supernet description is bounded (common.check_checkpoint) before it is built, and
+    then built on the meta device only: shapes, no memory.
+    """
+    ckpt = common.check_checkpoint(common.load_checkpoint(path, "supernet checkpoint"), path, "supernet")
     args = dict(ckpt["supernet_args"])
     if args.get("space") not in SPACES:
         raise UsageError(f"{path} is a {args.get('space')!r} supernet; this search knows {', '.join(SPACES)}")
@@ -225,15 +235,16 @@ def load_supernet_pair(path: str, w0_path: str | None):
     try:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in space.supernet(args).state_dict().items()}
-    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+    except (TypeError, ValueError, KeyError, RuntimeError, IndexError, AttributeError) as err:
         raise UsageError(f"{path} describes a supernet that cannot be built ({err}); the file is damaged or edited") from None
     if {k: tuple(v.shape) for k, v in ckpt["model"].items()} != expected:
         raise UsageError(
             f"{path} does not hold the weights of the supernet it describes {args}; the file is damaged or edited"
         )
+    # check_checkpoint refused a 'file' with a directory in it: this is a name beside the checkpoint
     w0_path = w0_path or os.path.join(os.path.dirname(path), ckpt["w0"]["file"])
-    init = common.load_checkpoint(w0_path, "initial weights (W0)")
-    if "model" not in init or {k: tuple(v.shape) for k, v in init["model"].items()} != expected:
+    init = common.check_checkpoint(common.load_checkpoint(w0_path, "initial weights (W0)"), w0_path, "init")
+    if {k: tuple(v.shape) for k, v in init["model"].items()} != expected:
         raise UsageError(f"{w0_path} is not the initial weights of a supernet of the same shape {args}")
     if common.state_fingerprint(init["model"]) != ckpt["w0"]["fingerprint"]:
         raise UsageError(
@@ -252,6 +263,8 @@ def main():
     if space.name != "nb201" and (args.exhaustive or args.benchmark or args.plot):
         raise UsageError("--exhaustive, --benchmark and --plot need the NB201 space (15,625 cells, the NB201 benchmark)")
     constraint = flops_constraint(args, space, net_args)
+    if not args.exhaustive:  # a first generation larger than the space would draw for minutes, then fail
+        common.check_population(args.population, space.gene_choices(net_args))
     # The ground truth to report against: --benchmark FILE, else the table shipped for this space (NB201 only).
     bench_file = args.benchmark or default_benchmark(space.name)
     bench = load_benchmark(bench_file, str_to_arch) if bench_file else None
@@ -292,6 +305,7 @@ def main():
                 line += f" | tau({col}) {bench.tau(gen.evaluated, col):+.3f}"
             print(line)
             write_state(out, state, gen.evaluated, gen.archive, gen.index + 1, space, done=False)
+            common.STOP["resume"] = f"python search.py --ckpt {args.ckpt} --out {out} --resume (and the same flags)"
 
         try:
             # RLNAS: the SPOS evolution (evolution.py), maximising the fitness
@@ -314,13 +328,16 @@ def main():
                 memo=memo,
                 on_generation=on_generation,
             )
-        except ValueError as err:
-            if constraint is None or "initial architectures" not in str(err):
-                raise
-            raise UsageError(
-                f"--max-flops {args.max_flops:g}: too few architectures of at most {args.max_flops:g}M multiply-adds to "
-                f"fill the initial population of {args.population}; raise --max-flops"
-            ) from None
+        except ValueError as err:  # only the evolution's own two messages about its inputs; anything else is a bug
+            if "initial architectures" in str(err):
+                flag = f"--max-flops {args.max_flops:g}" if constraint is not None else f"--population {args.population}"
+                fix = "raise --max-flops" if constraint is not None else "pass a smaller --population"
+                raise UsageError(
+                    f"{flag}: too few architectures to fill the initial population of {args.population}; {fix}"
+                ) from None
+            if "fitness is NaN" in str(err):
+                raise UsageError(f"--fitness {args.fitness}: {err}; the checkpoint's weights cannot rank it") from None
+            raise
         scores = result.evaluated
         print(
             f"evolution: {len(scores):,} architectures evaluated in {time.time() - t0:.3f}s "
@@ -385,15 +402,14 @@ def load_previous(out: str, settings: dict, ident: dict, space) -> dict:
     """The angles an interrupted search already computed, after checking it is the same search."""
     if not os.path.isfile(out):
         raise UsageError(f"nothing to resume: {out} does not exist; drop --resume")
+    prev = common.load_json(out, "search state")  # a missing, binary or damaged file is one line
+    if prev.get("ckpt_fingerprint") != ident["ckpt_fingerprint"]:
+        raise UsageError(f"{out} belongs to another checkpoint; use --out FILE or --force to start over")
+    if prev.get("settings") != settings:
+        raise UsageError(f"{out} was made with other settings {prev.get('settings')}; use the same flags or --force")
     try:
-        with open(out) as f:
-            prev = json.load(f)
-        if prev.get("ckpt_fingerprint") != ident["ckpt_fingerprint"]:
-            raise UsageError(f"{out} belongs to another checkpoint; use --out FILE or --force to start over")
-        if prev.get("settings") != settings:
-            raise UsageError(f"{out} was made with other settings {prev.get('settings')}; use the same flags or --force")
         return {space.parse(a): float(s) for a, s in prev["evaluated"]}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise UsageError(f"{out} is not a readable search.json ({type(err).__name__}); use --force to start over") from None
 
 

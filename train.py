@@ -247,9 +247,8 @@ g.add_argument(
 )
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.025, darts-cifar 0.025, ...)" after every flag a recipe fills
 
-# What a resumed run must find in supernet.pt, and the flags that only say how to run, not what the run is: a resumed
-# run may change these (checkpoint.merge_flags); every other flag is the run's own.
-CKPT_KEYS = {"stage", "config", "model", "optimizer", "epoch", "step", "rng", "grad_holders", "w0", "labels", "supernet_args"}
+# The flags that only say how to run, not what the run is: a resumed run may change these (checkpoint.merge_flags);
+# every other flag is the run's own. What supernet.pt must hold is common.KINDS["train"].
 RUN_FLAGS = {
     "out",
     "resume",
@@ -431,10 +430,10 @@ def save_w0(raw_model, args, d, path: str, tau) -> tuple[dict, str]:
     Returns (W0, its fingerprint), which ties every later supernet.pt to this file."""
     w0 = {k: v.detach().cpu().clone() for k, v in raw_model.state_dict().items()}
     w0_fp = common.state_fingerprint(w0)
-    if d.master:
-        common.atomic_save({"stage": "init", "model": w0, "supernet_args": raw_model.args, "fingerprint": w0_fp}, path)
+    if d.master:  # config.json first: a run killed before its W0 is written can still be resumed (from epoch 0)
         config = {**vars(args), "git_commit": common.git_commit(), "world_size": d.world_size}
         common.atomic_write_json(config, os.path.join(args.out, "config.json"))
+        common.atomic_save({"stage": "init", "model": w0, "supernet_args": raw_model.args, "fingerprint": w0_fp}, path)
         if tau is not None:  # epoch 0: W0 against itself, every angle is 0, so tau is undefined (null)
             common.append_jsonl(os.path.join(args.out, "log.jsonl"), {"epoch": 0, **tau(w0, w0, raw_model.args)})
     return w0, w0_fp
@@ -450,7 +449,7 @@ def main():
     # BOILERPLATE: devices, torchrun, run directory; a resumed run takes its own settings back (checkpoint.py).
     d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
     ckpt_path, init_path, log_path = (os.path.join(args.out, f) for f in ("supernet.pt", "supernet_init.pt", "log.jsonl"))
-    ckpt = checkpoint.open_run(args, ckpt_path, CKPT_KEYS, RUN_FLAGS, defaults=vars(p.parse_args([])))  # None: a new run
+    ckpt = checkpoint.open_run(args, ckpt_path, RUN_FLAGS, p)  # None: a new run
     fill_recipe(args)  # after the resume merge: a resumed run keeps its own values
     space = SPACES[args.space]
     tau = tau_tracker(args)
@@ -464,18 +463,35 @@ def main():
         checkpoint.make_run_dir(args.out, args.force, "supernet.pt")  # only now: a bad flag or missing data leaves nothing
     if d.ddp:
         torch.distributed.barrier()
+    common.STOP["resume"] = f"python train.py --resume --out {args.out}"  # what an interrupt's one line suggests
 
     # ------------------------------------------------------------------------------------------
     # Model, optimizer, W0. The only global seeding call: the weight init (PyTorch defaults, method.md pitfall 2).
-    torch.manual_seed(args.seed)
     if args.image_size is None:  # the side the network (and its FLOPs count) is built for
         args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
     net_args = space.net_args(args, num_classes)
+    with torch.device("meta"):  # shapes only: an --image-size the downsampling cannot take fails here, in one line
+        probe = space.supernet(net_args)
+    common.check_image_size(probe, args.image_size, space.sample_path(torch.Generator(), net_args), what="supernet")
+    torch.manual_seed(args.seed)
     raw_model, model, fmt = build_supernet(args, space, net_args, d)
     # weight decay on every parameter (NB201, DARTS-CIFAR) or on conv weights only (ImageNet spaces), method.md §3
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
     path_gen = torch.Generator().manual_seed(args.seed)  # Rule A: same seed on every rank -> same paths
-    if ckpt is None:  # RLNAS: W0 is saved before the first optimizer step, and never again (method.md pitfall 1)
+    if ckpt is None and args.resume and os.path.isfile(init_path):  # stopped in epoch 1: again, from its own W0
+        w0 = checkpoint.load_w0(init_path)
+        try:
+            raw_model.load_state_dict(w0)
+        except (RuntimeError, ValueError, KeyError, TypeError):
+            raise UsageError(f"{init_path} is not the W0 of a supernet {raw_model.args}; restore the run's own file") from None
+        w0_fp, start_epoch, step = common.state_fingerprint(w0), 0, 0
+        if d.master:
+            checkpoint.trim_log(log_path, -1)  # the lines of the lost epoch go; the epoch-0 line is written again
+            if tau is not None:
+                common.append_jsonl(log_path, {"epoch": 0, **tau(w0, w0, raw_model.args)})
+    elif ckpt is None:  # RLNAS: W0 is saved before the first optimizer step, and never again (method.md pitfall 1)
+        if args.resume and d.master:
+            checkpoint.trim_log(log_path, -1)
         w0, w0_fp = save_w0(raw_model, args, d, init_path, tau)
         start_epoch, step = 0, 0
     else:  # BOILERPLATE: continue exactly where the run stopped (checkpoint.py)
@@ -509,6 +525,7 @@ def main():
     )
     recipe = dict(grad_clip=args.grad_clip, clip_mode=args.clip_mode, label_smoothing=args.label_smoothing, amp=args.amp)
     progress = common.Progress("train.py", args.epochs, d.world_size)
+    common.STOP["armed"] = not d.ddp  # SIGTERM: stop after the current step, with a checkpoint of it (one process)
     for epoch in range(start_epoch, args.epochs):
         lr = lr_at(epoch, args)
         common.set_lr(optimizer, lr)
@@ -522,7 +539,7 @@ def main():
         )
         model.train()
         skip, totals = checkpoint.epoch_totals(ckpt, epoch, d)  # loss sum, correct, images on this rank
-        progress.start_epoch(epoch, len(loader))
+        progress.start_epoch(epoch, len(loader), skip)
         for i, (x, y) in enumerate(loader):
             if i < skip:
                 continue  # drawn (same order, same crops) but already trained on before the interruption
@@ -541,6 +558,10 @@ def main():
             progress.step(i, len(y), totals, lr, args.log_every)
             if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
                 save(epoch, i + 1, totals)  # bounds the work a crash loses inside a long epoch
+            if common.stop_requested() and i + 1 < len(loader):  # SIGTERM: a mid-epoch checkpoint, then stop
+                save(epoch, i + 1, totals)
+                common.STOP["saved"] = ckpt_path
+                raise common.Interrupted()
         if d.ddp:
             torch.distributed.all_reduce(totals)  # the epoch's loss and accuracy over all ranks
         ranks = checkpoint.ranks_agree(d, labels_sha, raw_model, epoch)  # DDP: same labels, same weights everywhere
@@ -554,6 +575,10 @@ def main():
         save(epoch + 1, 0, ranks=ranks)  # the log line first, then the checkpoint: a crash in between repeats the epoch
         if d.master and args.keep_every and (epoch + 1) % args.keep_every == 0:  # resumable and searchable snapshots
             checkpoint.keep_copy(ckpt_path, os.path.join(args.out, f"supernet_ep{epoch + 1}.pt"))
+        if common.stop_requested():  # SIGTERM in the epoch's last step: its checkpoint is the one just written
+            common.STOP["saved"] = ckpt_path
+            raise common.Interrupted()
+    common.STOP["armed"] = False
     print0(f"done: {ckpt_path}\nnext: python search.py --ckpt {ckpt_path}")
     common.cleanup_distributed(d)
 

@@ -209,3 +209,54 @@ def test_parse_helper_sees_the_parsed_value():
     assert p.parse_args(["--x", "2.5"]).x == 2.5
     with pytest.raises(argparse.ArgumentTypeError):
         common.number(float, 0)("nan")
+
+
+HAND_EDITS = {
+    "supernet_args a string": ("supernet_args", "nb201"),
+    "model a list": ("model", [1, 2]),
+    "w0 a string": ("w0", "supernet_init.pt"),
+    "w0 absolute": ("w0", {"file": "/etc/passwd", "fingerprint": "0" * 64}),
+    "w0 with ..": ("w0", {"file": "../supernet_init.pt", "fingerprint": "0" * 64}),
+    "huge layers": ("supernet_args", {"space": "nb201", "channels": 4, "layers": 10**9, "num_classes": 5}),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(HAND_EDITS))
+def test_hand_edited_checkpoints_through_search_and_train(supernet_pt, tmp_path, edit):
+    """search.py --ckpt and train.py --resume on a hand-edited supernet.pt: exit 2, one line naming the field, no
+    file read from the path the checkpoint names, nothing written or removed."""
+    import shutil
+
+    key, value = HAND_EDITS[edit]
+    run_dir = tmp_path / "run"
+    shutil.copytree(supernet_pt.parent, run_dir)
+    ckpt = torch.load(supernet_pt, weights_only=True)
+    torch.save({**ckpt, key: value}, run_dir / "supernet.pt")
+    before = {p: (run_dir / p).read_bytes() for p in os.listdir(run_dir)}
+    assert_user_error(run("search.py", "--ckpt", run_dir / "supernet.pt", check=False), "supernet.pt", repr(key))
+    assert_user_error(run("train.py", "--resume", "--out", run_dir, check=False), "supernet.pt", repr(key))
+    assert {p: (run_dir / p).read_bytes() for p in os.listdir(run_dir)} == before
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_accuracy_fitness_never_uses_the_checkpoints_data_path(supernet_pt, tmp_path):
+    """--fitness accuracy reads the images from --data (default ./data), never from the path in the checkpoint's
+    config: nothing is created (or downloaded into) there."""
+    import shutil
+
+    run_dir, evil, mine = tmp_path / "run", tmp_path / "evil", tmp_path / "mine"
+    shutil.copytree(supernet_pt.parent, run_dir)
+    ckpt = torch.load(supernet_pt, weights_only=True)
+    edited = {**ckpt["config"], "dataset": "cifar10", "image_size": None, "data": str(evil)}
+    torch.save({**ckpt, "config": edited}, run_dir / "supernet.pt")
+    res = run(
+        "search.py", "--ckpt", run_dir / "supernet.pt", "--fitness", "accuracy", "--data", mine, "--population", 4,
+        "--generations", 1, "--out", tmp_path / "s.json", check=False,
+    )  # fmt: skip
+    assert_user_error(res, str(mine))  # cifar10 is not under --data, and there is no network to download it
+    assert not evil.exists() and not (tmp_path / "s.json").exists()
+    # a config value its own flag would refuse is one line too
+    torch.save({**ckpt, "config": {**ckpt["config"], "fake_images": 10**12}}, run_dir / "supernet.pt")
+    flags = ["--fitness", "accuracy", "--out", tmp_path / "s.json"]
+    res = run("search.py", "--ckpt", run_dir / "supernet.pt", *flags, check=False)
+    assert_user_error(res, "--fake-images")

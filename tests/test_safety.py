@@ -19,6 +19,7 @@ from PIL import Image
 from test_errors import assert_user_error
 from test_scripts import TINY, run
 
+import checkpoint
 import common
 from data import DataError, Relabeled, load_dataset, make_loader
 
@@ -207,7 +208,7 @@ def test_unreadable_images_in_train_search_and_retrain(tmp_path):
     # search.py --fitness accuracy decodes the calibration images before scoring anything
     evolution = "--generations 1 --population 2 --topk 1 --mutations 0 --crossovers 0".split()
     res = run("search.py", "--ckpt", tmp_path / "sn" / "supernet.pt", "--fitness", "accuracy", *evolution,
-              "--out", tmp_path / "s.json", check=False)  # fmt: skip
+              "--data", data, "--out", tmp_path / "s.json", check=False)  # fmt: skip
     assert_user_error(res, "cannot read image", "1.png")
     assert not (tmp_path / "s.json").exists()
     # retrain.py: a bad test image, met in the evaluation after the first epoch (here with 2 worker processes)
@@ -274,7 +275,7 @@ def test_read_only_directory_and_files_in_the_way(tmp_path, monkeypatch):
     # a read-only place (as root, chmod does not stop a write: the refusals are simulated where they happen)
     monkeypatch.setattr(common.os, "access", lambda path, mode: False)
     with pytest.raises(common.UsageError, match="cannot write in"):
-        common.check_run_dir(str(tmp_path / "new"), resume=False, force=False, marker="supernet.pt")
+        checkpoint.check_run_dir(str(tmp_path / "new"), resume=False, force=False, marker="supernet.pt")
 
     def read_only(tmp, mode="wb"):
         open(tmp, mode).close()  # created, then the write fails: the temp file must still go
