@@ -53,7 +53,7 @@ def test_mobilenet_retrain_defaults_to_the_imagenet_network():
     res = run("retrain.py", "--space", "mobilenet", "--arch", TABLE5_ARCH, "--count-only")
     params, madds, size = counts(res.stdout)
     assert "mobilenet imagenet network" in res.stdout and "'num_classes': 1000" in res.stdout
-    assert round(params / 1e6, 1) == 5.3 and 471 <= madds <= 473 and size == 224  # paper Table 5: 5.3M, 473M
+    assert round(params / 1e6, 1) == 5.3 and abs(madds / 473 - 1) < 0.002 and size == 224  # paper Table 5: 5.3M, 473M
     assert "auxiliary" not in res.stdout
     # the space is never guessed from the string: without --space it is read as NB201 and refused in one line
     res = run("retrain.py", "--arch", TABLE5_ARCH, "--count-only", check=False)
