@@ -808,11 +808,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def memory_format(name: str, device: torch.device) -> torch.memory_format:
+def memory_format(name: str, device: torch.device, amp: bool = False) -> torch.memory_format:
     """--memory-format: auto picks channels_last on CPU, where oneDNN convolutions run about 1.6x faster in it
-    (bench.py), and the default layout on GPUs until bench.py --device cuda says otherwise."""
+    (bench.py), and the default layout on GPUs until bench.py --device cuda says otherwise. On CPU with --amp, auto
+    keeps the default layout: there PyTorch's bf16 weight gradient of a dilated depthwise conv (DARTS dil_conv_5x5)
+    in channels_last reads garbage (non-finite losses; docs/performance.md)."""
     if name == "auto":
-        name = "channels_last" if device.type == "cpu" else "contiguous"
+        name = "channels_last" if device.type == "cpu" and not amp else "contiguous"
     return torch.channels_last if name == "channels_last" else torch.contiguous_format
 
 

@@ -400,7 +400,7 @@ def real_label_data(args):
 def build_network(args, space, arch, net_args: dict, d):
     """BOILERPLATE: the stand-alone network on its device -> (raw_model, model (DDP under torchrun), memory format)."""
     raw_model = space.network(arch, net_args, aux=args.aux_weight > 0).to(d.device)
-    fmt = common.memory_format(args.memory_format, d.device)
+    fmt = common.memory_format(args.memory_format, d.device, args.amp)
     raw_model = raw_model.to(memory_format=fmt)
     common.set_determinism(args.deterministic, d.device)  # cuDNN autotuning, or --deterministic kernels
     # DDP's default buffer broadcast stays on here: evaluate() then runs every rank with rank 0's BN running statistics

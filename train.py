@@ -340,7 +340,7 @@ def build_supernet(args, space, net_args: dict, d):
     is saved: its names have no "module." prefix, which angle.py relies on.
     """
     raw_model = space.supernet(net_args).to(d.device)
-    fmt = common.memory_format(args.memory_format, d.device)
+    fmt = common.memory_format(args.memory_format, d.device, args.amp)
     raw_model = raw_model.to(memory_format=fmt)
     common.set_determinism(args.deterministic, d.device)  # cuDNN autotuning, or --deterministic kernels
     model = raw_model

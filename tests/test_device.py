@@ -205,3 +205,13 @@ def test_bench_cuda_without_gpu_is_one_line():
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "--device cuda" in lines[0] and "--device cpu" in lines[0]
+
+
+def test_auto_memory_format_avoids_channels_last_under_cpu_amp():
+    # channels_last is the fast CPU layout, but PyTorch's CPU bf16 weight gradient of DARTS' dilated depthwise conv
+    # reads garbage in it: --amp on CPU keeps the default layout unless the user asks for channels_last explicitly
+    cpu = torch.device("cpu")
+    assert common.memory_format("auto", cpu) == torch.channels_last
+    assert common.memory_format("auto", cpu, amp=True) == torch.contiguous_format
+    assert common.memory_format("channels_last", cpu, amp=True) == torch.channels_last
+    assert common.memory_format("auto", torch.device("meta"), amp=False) == torch.contiguous_format
