@@ -213,8 +213,8 @@ RUN_FLAGS |= {"eval_every", "count_only"}  # how often to test changes no weight
 def resolve_arch(args):
     """(space, architecture, search.json or None) from --arch, --genotype or the winner of a search.json (exactly one).
 
-    The space is --space, else the search.json's supernet_args, else darts for --genotype, else nb201: it is never
-    guessed from the architecture string.
+    The space is --space, else the search.json's supernet_args, else darts for --genotype, else the one space whose
+    notation reads the string (the three notations never overlap: `|op~0|+...`, 21 integers, `Genotype(...)`).
     """
     given = [a for a in (args.arch, args.genotype, args.ckpt_search) if a is not None]
     if len(given) != 1:
@@ -222,6 +222,7 @@ def resolve_arch(args):
             "give exactly one of --arch STRING, --genotype 'Genotype(...)' or --ckpt-search runs/<run>/search.json"
         )
     text, space, found = args.arch or args.genotype, args.space or ("darts" if args.genotype is not None else None), None
+    space_given = args.space is not None
     if args.ckpt_search is not None:
         found = common.load_json(args.ckpt_search, "--ckpt-search")  # a missing or damaged file is one line
         winner, net = found.get("winner"), found.get("supernet_args", {})
@@ -234,14 +235,29 @@ def resolve_arch(args):
         if space is not None and searched is not None and space != searched:
             raise UsageError(f"--space {space}, but {args.ckpt_search} searched the {searched} space; drop --space")
         space = space or searched
-    args.space = space or "nb201"
+    if space is None:
+        readers = _readers(text)
+        space = readers[0] if len(readers) == 1 else "nb201"
+    args.space = space
     if args.space not in SPACES:
         raise UsageError(f"{args.ckpt_search} comes from an unknown search space {args.space!r}")
     try:
         return SPACES[args.space], SPACES[args.space].parse(text), found
     except ValueError as err:
-        hint = "" if space else " (no --space given: read as NB201; pass --space mobilenet for a MobileNet model_id)"
+        hint = "" if space_given else " (no --space given, and no space's notation reads it: pass --space)"
         raise UsageError(f"{err}{hint}") from None
+
+
+def _readers(text: str) -> list[str]:
+    """The spaces whose parser accepts `text`."""
+    names = []
+    for name, space in SPACES.items():
+        try:
+            space.parse(text)
+            names.append(name)
+        except ValueError:
+            pass
+    return names
 
 
 def default_dataset(args, found: dict | None) -> str | None:
