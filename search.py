@@ -97,7 +97,8 @@ g.add_argument(
     type=common.number(float, 0),
     default=None,
     help="only architectures with at most M million multiply-adds (the paper's units: a linear layer counts "
-    "(2 in - 1) out) at the supernet's input size, checked before scoring; 600 for DARTS-ImageNet; default 475 for MobileNet",
+    "(2 in - 1) out) at the supernet's input size, checked before scoring "
+    f"({recipe('max_flops')}; method.md §5 uses 600 for DARTS-ImageNet; otherwise no limit)",
 )
 g.add_argument("--seed", type=common.seed, default=0, help="seed of the evolution (default 0)")
 g = p.add_argument_group("data", "the supernet to search, and the images of --fitness accuracy")

@@ -263,7 +263,9 @@ def test_track_tau_logs_the_ranking_quality(tmp_path):
     write_fake_benchmark(bench)
     run("train.py", *TINY, "--epochs", 2, "--track-tau", bench, "--track-every", 2, "--out", tmp_path / "t")
     log = [json.loads(line) for line in open(tmp_path / "t" / "log.jsonl")]
-    assert log[0] == {"epoch": 0, "tau": None}  # W0 against itself: every angle is 0, tau undefined
+    # W0 against itself: every angle is 0, so tau is undefined for every vector variant, and nothing has moved
+    assert log[0]["epoch"] == 0 and log[0]["tau"] is None and set(log[0]["tau_vectors"].values()) == {None}
+    assert all(abs(v) < 1e-3 for v in log[0]["moved"].values())
     assert "tau" not in log[1] and -1 <= log[2]["tau"] <= 1 and log[2]["tau"] != 0
     bad = tmp_path / "bad.csv"
     bad.write_text("x,y\n1,2\n")
