@@ -285,11 +285,14 @@ class OneShotAccuracy:
         self.device, self.space, self.net_args = device, space, net_args
         self.net = space.supernet(net_args).to(device)
         self.net.load_state_dict(wt)
+        # Without --data the images are read where the supernet run read them; a path found in a file is only
+        # ever read from: nothing is downloaded into it (data.py:load_dataset, download=False).
         name, root = config["dataset"], data or config["data"]
         kw = dict(
             image_size=config.get("image_size"),
             fake_images=config.get("fake_images", 1024),
             fake_seed=config.get("data_seed", 0),
+            download=data is not None,
         )
         train = load_dataset(name, root, "train", augment=False, **kw)
         half = config.get("split") == "half" or (

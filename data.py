@@ -191,7 +191,7 @@ class FileImages(Dataset):
 # BOILERPLATE: one loader per dataset kind.
 
 
-def _load_cifar(name: str, root: str, train: bool) -> TensorImages:
+def _load_cifar(name: str, root: str, train: bool, download: bool = True) -> TensorImages:
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     folder = os.path.join(root, cls.base_folder)
     try:
@@ -202,6 +202,11 @@ def _load_cifar(name: str, root: str, train: bool) -> TensorImages:
                 f"{name}: the files in {folder!r} are corrupt or incomplete ({_one_line(e)}); delete that "
                 f"folder to download them again, or {_WAYS_OUT}"
             ) from None
+        if not download:  # the path came from a file (a checkpoint's config): read there, never download there
+            raise DataError(
+                f"{name}: not found under {root!r}, the directory the supernet run read it from; pass --data DIR "
+                "(nothing is downloaded into a path read from a file)"
+            )
         # Absent: try torchvision's download once, with a socket timeout so an offline machine fails in seconds.
         old_timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
@@ -356,9 +361,11 @@ def load_dataset(
     fake_classes: int = 10,
     fake_seed: int = 0,
     imagenet_style: str = "lighting",
+    download: bool = True,
 ) -> Dataset:
     """Load `split` ('train' or 'test') of dataset `name`; the training pipeline augments only if `augment`.
     `imagenet_style` picks one of the two ImageNet pipelines (build_imagenet_transform); other datasets ignore it.
+    `download=False` when `root` was read from a file: CIFAR is then read there if present, never downloaded there.
 
     Returns a dataset of (FloatTensor (3, S, S) normalized, int true label) with `.targets` (LongTensor (N,), 0-based)
     and `.num_classes`. `image_size` (default 32) sets S for 'folder' and 'fake'; cifar (32) and imagenet16-120 (16)
@@ -374,7 +381,7 @@ def load_dataset(
         raise DataError(f"{name} images are {native}x{native}; drop --image-size or set it to {native}")
     size = native or image_size or (224 if name == "imagenet" else 32)
     if name in ("cifar10", "cifar100"):
-        ds = _load_cifar(name, root, train)
+        ds = _load_cifar(name, root, train, download)
     elif name == "imagenet16-120":
         ds = _load_imagenet16(root, train)
     elif name in ("folder", "imagenet"):

@@ -107,9 +107,9 @@ g.add_argument("--w0", type=common.nonempty, default=None, help="initial weights
 g.add_argument(
     "--data",
     type=common.nonempty,
-    default="./data",
-    help="--fitness accuracy: dataset directory (default ./data, as train.py); the dataset's name and split come from "
-    "the checkpoint, its path never does: a file never decides where the program reads, writes or downloads",
+    default=None,
+    help="--fitness accuracy: dataset directory (default: the one the supernet run read; the dataset's name and split "
+    "come from the checkpoint; a path read from a file is only read from, never downloaded into)",
 )
 g.add_argument(
     "--recal-batches", type=common.number(int), default=20, help="--fitness accuracy: BN recalibration batches (20)"
@@ -178,6 +178,9 @@ def make_fitness(args, space, w0: dict, wt: dict, net_args: dict, ckpt: dict):
 
     common.check_config(ckpt["config"], train.p, args.ckpt)
     device = common.resolve_device(args.device)
+    if args.data is None and ckpt["config"]["dataset"] != "fake":
+        print(f"search.py: {ckpt['config']['dataset']} read from {ckpt['config']['data']}, the supernet run's --data "
+              "(override with --data)")  # fmt: skip
     return benchmark.OneShotAccuracy(
         space, wt, net_args, ckpt["config"], device, args.data, args.recal_batches, args.eval_images, args.batch_size
     )

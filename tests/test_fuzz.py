@@ -239,9 +239,9 @@ def test_hand_edited_checkpoints_through_search_and_train(supernet_pt, tmp_path,
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
-def test_accuracy_fitness_never_uses_the_checkpoints_data_path(supernet_pt, tmp_path):
-    """--fitness accuracy reads the images from --data (default ./data), never from the path in the checkpoint's
-    config: nothing is created (or downloaded into) there."""
+def test_accuracy_fitness_never_downloads_into_the_checkpoints_data_path(supernet_pt, tmp_path):
+    """--fitness accuracy reads the images from --data, else from the path in the checkpoint's config; that path is
+    only read from: nothing is created (or downloaded into) there."""
     import shutil
 
     run_dir, evil, mine = tmp_path / "run", tmp_path / "evil", tmp_path / "mine"
@@ -254,6 +254,10 @@ def test_accuracy_fitness_never_uses_the_checkpoints_data_path(supernet_pt, tmp_
         "--generations", 1, "--out", tmp_path / "s.json", check=False,
     )  # fmt: skip
     assert_user_error(res, str(mine))  # cifar10 is not under --data, and there is no network to download it
+    assert not evil.exists() and not (tmp_path / "s.json").exists()
+    flags = ["--fitness", "accuracy", "--population", 4, "--generations", 1, "--out", tmp_path / "s.json"]
+    res = run("search.py", "--ckpt", run_dir / "supernet.pt", *flags, check=False)  # no --data: the run's path
+    assert_user_error(res, str(evil), "pass --data DIR")  # read there, not found, no download tried
     assert not evil.exists() and not (tmp_path / "s.json").exists()
     # a config value its own flag would refuse is one line too
     torch.save({**ckpt, "config": {**ckpt["config"], "fake_images": 10**12}}, run_dir / "supernet.pt")

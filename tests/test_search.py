@@ -52,3 +52,23 @@ def test_help_reads_the_method_first_and_shows_each_recipe():
     flat = " ".join(text.split())  # argparse wraps the help text
     assert "candidates per generation (nb201 100, darts 50, mobilenet 50)" in flat
     assert "generations (nb201 20, darts 20, mobilenet 20)" in flat and "(mobilenet 475;" in flat
+
+
+def test_accuracy_fitness_reads_the_runs_folder_without_data(tmp_path):
+    """--fitness accuracy without --data reads the held-out images where the supernet run read them (an ImageFolder
+    here, loaded by a DataLoader), and says so; nothing is written into that folder."""
+    from test_data import write_folder
+
+    images = tmp_path / "images"
+    write_folder(images, size=(8, 8), per_class=4)  # 3 classes: 12 training images, 6 test images
+    before = sorted(p.relative_to(images) for p in images.rglob("*"))
+    flags = ["--channels", 4, "--layers", 1, "--batch-size", 4, "--epochs", 1, "--workers", 0]
+    run("train.py", "--dataset", "folder", "--data", images, "--image-size", 8, *flags, "--out", tmp_path / "sn")
+    res = run(
+        "search.py", "--ckpt", tmp_path / "sn" / "supernet.pt", "--fitness", "accuracy", "--population", 4, "--topk", 2,
+        "--mutations", 2, "--crossovers", 2, "--generations", 1, "--recal-batches", 1, "--batch-size", 4,
+        "--out", tmp_path / "s.json",
+    )  # fmt: skip
+    assert f"folder read from {images}, the supernet run's --data" in res.stdout
+    assert json.load(open(tmp_path / "s.json"))["winner"]["arch"]
+    assert sorted(p.relative_to(images) for p in images.rglob("*")) == before
