@@ -153,7 +153,12 @@ g.add_argument(
     help="dataset (default: with --ckpt-search the supernet run's; else imagenet for --space mobilenet and --variant "
     "imagenet, cifar10 otherwise)",
 )
-g.add_argument("--data", type=common.nonempty, default="./data", help="dataset directory (default ./data)")
+g.add_argument(
+    "--data",
+    type=common.nonempty,
+    default=None,
+    help="dataset directory (default: with --ckpt-search where the supernet run read its dataset, else ./data)",
+)
 g.add_argument(
     "--image-size", type=common.image_size, default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
 )
@@ -260,31 +265,45 @@ def _readers(text: str) -> list[str]:
     return names
 
 
-def default_dataset(args, found: dict | None) -> str | None:
-    """Fill --dataset when it is not given; returns the line that says what was taken, or None.
-
-    With --ckpt-search: the dataset the supernet was trained on, read from its run's config.json. Only the name is
-    taken: the files are always read from --data, never from a path found in a file. Otherwise the space's own:
-    imagenet for --space mobilenet and for the darts imagenet variant (224 px), cifar10 for the rest.
-    """
-    if args.dataset is not None:
-        return None
-    args.dataset = "imagenet" if args.space == "mobilenet" or args.variant == "imagenet" else "cifar10"
-    if found is None:
-        return None
-    supernet = found.get("ckpt")
-    config = os.path.join(os.path.dirname(supernet), "config.json") if isinstance(supernet, str) else None
+def _read_config(path) -> dict:
+    """A run's config.json as a dict, or {} when it is absent or unreadable (the caller says what it then uses)."""
     try:
-        with open(config) as f:
-            name = json.load(f)["dataset"]
-    except (TypeError, OSError, ValueError, KeyError):
-        name = None
-    if name not in DATASETS:
-        return f"retrain.py: no config.json of the supernet run beside {supernet}: --dataset {args.dataset} (pass --dataset)"
-    args.dataset = name
-    return (
-        f"retrain.py: --dataset {name}, the supernet run's ({config}); read from --data {args.data}, override with --dataset"
-    )
+        with open(path) as f:
+            config = json.load(f)
+    except (TypeError, OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def default_data(args, found: dict | None) -> tuple[str | None, bool]:
+    """Fill --dataset and --data when they are not given -> (the line that says what was taken or None, download).
+
+    --dataset: with --ckpt-search the dataset the supernet was trained on (its run's config.json), else the space's
+    own: imagenet for --space mobilenet and for the darts imagenet variant (224 px), cifar10 for the rest.
+    --data: where that dataset was read before (a resumed retrain's own run, or the supernet run when its dataset
+    is taken), else ./data. A path read from a file is only read from: download is False, nothing is fetched there.
+    """
+    took, recorded = None, None
+    if args.dataset is None and found is not None:
+        supernet = found.get("ckpt")
+        path = os.path.join(os.path.dirname(supernet), "config.json") if isinstance(supernet, str) else None
+        config = _read_config(path)
+        if config.get("dataset") in DATASETS:
+            args.dataset, recorded = config["dataset"], config.get("data")
+            took = f"retrain.py: --dataset {args.dataset}, the supernet run's ({path}); override with --dataset"
+        else:
+            took = f"retrain.py: no config.json of the supernet run beside {supernet}: the space's dataset (or --dataset)"
+    if args.resume and args.out:  # a resumed run reads where it read before
+        recorded = _read_config(os.path.join(args.out, "config.json")).get("data", recorded)
+    if args.dataset is None:
+        args.dataset = "imagenet" if args.space == "mobilenet" or args.variant == "imagenet" else "cifar10"
+    if args.data is not None or args.dataset == "fake":
+        return took, True
+    if isinstance(recorded, str) and recorded.strip():
+        args.data = recorded
+        return f"{took or 'retrain.py:'} read from {recorded} (override with --data; nothing is downloaded there)", False
+    args.data = "./data"
+    return took, True
 
 
 def fill_recipe(args) -> None:
@@ -394,13 +413,13 @@ def check_aux_head(space, arch, net_args: dict) -> None:
             ) from None
 
 
-def real_label_data(args):
+def real_label_data(args, download: bool = True):
     """The training set with its real labels (standard augmentation) and the test set (none); (train, test, K).
 
     --dataset imagenet: the MobileNet retraining normalizes with ImageNet mean/std and has no lighting; the DARTS one
     keeps the supernet's pipeline (method.md §6).
     """
-    kw = dict(image_size=args.image_size, fake_images=args.fake_images, fake_seed=args.data_seed)
+    kw = dict(image_size=args.image_size, fake_images=args.fake_images, fake_seed=args.data_seed, download=download)
     kw["imagenet_style"] = "normalize" if args.space == "mobilenet" else "lighting"
     base = load_dataset(args.dataset, args.data, "train", augment=True, **kw)
     test_set = load_dataset(args.dataset, args.data, "test", augment=False, **kw)
@@ -478,7 +497,7 @@ def main():
             raise UsageError(f"{args.out}/config.json names no architecture; pass the run's --arch (or --genotype)")
         args.arch, args.space = config["arch"], args.space or config["space"]
     space, arch, found = resolve_arch(args)
-    took = default_dataset(args, found)  # the flag, else the supernet run's, else the space's own
+    took, download = default_data(args, found)  # the flags, else the supernet run's, else the space's own
     arch_text = space.format(arch)
     if args.out is None:
         arch_hash = hashlib.sha1(arch_text.encode()).hexdigest()[:8]
@@ -501,7 +520,7 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # Data: real labels, standard augmentation on train, none on test.
-    train_set, test_set, num_classes = real_label_data(args)
+    train_set, test_set, num_classes = real_label_data(args, download)
     net_args = space.retrain_args(args, num_classes)
     if args.aux_weight > 0:
         check_aux_head(space, arch, net_args)

@@ -102,7 +102,7 @@ def test_ckpt_search_takes_the_dataset_of_the_run_and_says_so(tmp_path):
     assert not (tmp_path / "from-file").exists()
 
 
-def test_ckpt_search_reads_the_data_from_the_flag_never_from_the_run(tmp_path):
+def test_ckpt_search_reads_the_runs_data_but_never_downloads_there(tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -113,13 +113,28 @@ def test_ckpt_search_reads_the_data_from_the_flag_never_from_the_run(tmp_path):
                 Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
                     tmp_path / "imgs" / split / c / f"{i}.png"
                 )
-    elsewhere = tmp_path / "elsewhere"  # the run's --data: must never be read or created
-    found = search_run(tmp_path, "folder", str(elsewhere))
     flags = "--image-size 8 --channels 4 --layers 1 --batch-size 8 --workers 0 --epochs 1".split()
-    res = run("retrain.py", "--ckpt-search", found, "--data", tmp_path / "imgs", *flags, "--out", tmp_path / "rt")
-    assert "--dataset folder" in res.stdout and "8 train / 8 test images" in res.stdout and "top-1" in res.stdout
+    # without --data: the images are read where the supernet run read them, and the line says so
+    found = search_run(tmp_path, "folder", str(tmp_path / "imgs"))
+    res = run("retrain.py", "--ckpt-search", found, *flags, "--out", tmp_path / "rt")
+    assert "--dataset folder" in res.stdout and f"read from {tmp_path / 'imgs'}" in res.stdout
+    assert "8 train / 8 test images" in res.stdout and "top-1" in res.stdout
     assert json.load(open(tmp_path / "rt" / "config.json"))["data"] == str(tmp_path / "imgs")
-    # without --data: ./data (here: none), never the path in the run's config.json
-    res = run("retrain.py", "--ckpt-search", found, *flags, "--out", tmp_path / "rt2", check=False, cwd=tmp_path)
-    assert res.returncode == 2 and "data" in res.stderr and str(elsewhere) not in res.stderr + res.stdout
-    assert not elsewhere.exists()
+    # a resumed run reads where it read before, without --data
+    (tmp_path / "imgs").rename(tmp_path / "moved")  # proves it is read: a resume without --data now fails
+    res = run("retrain.py", "--resume", "--out", tmp_path / "rt", check=False)
+    assert res.returncode == 2 and f"{tmp_path / 'imgs'}" in res.stderr and "--data" in res.stderr
+    (tmp_path / "moved").rename(tmp_path / "imgs")
+    assert run("retrain.py", "--resume", "--out", tmp_path / "rt").returncode == 0
+    # --data overrides it
+    elsewhere = tmp_path / "elsewhere"  # the run's --data from now on: never created
+    (tmp_path / "b").mkdir()
+    found = search_run(tmp_path / "b", "folder", str(elsewhere))
+    res = run("retrain.py", "--ckpt-search", found, "--data", tmp_path / "imgs", *flags, "--out", tmp_path / "rt2")
+    assert "8 train / 8 test images" in res.stdout and str(elsewhere) not in res.stdout
+    # a CIFAR run whose data is gone: one line asking for --data; nothing is downloaded into the run's path
+    (tmp_path / "c").mkdir()
+    found = search_run(tmp_path / "c", "cifar10", str(elsewhere))
+    res = run("retrain.py", "--ckpt-search", found, *flags[2:], "--out", tmp_path / "rt3", check=False)
+    assert res.returncode == 2 and "pass --data DIR" in res.stderr and str(elsewhere) in res.stderr
+    assert not elsewhere.exists() and not (tmp_path / "rt3").exists()
