@@ -198,6 +198,26 @@ def open_run(args, path: str, keep, parser) -> dict | None:
     return ckpt
 
 
+def data_dir(args, ckpt: dict | None) -> bool:
+    """Fill --data when it is not given -> whether a missing dataset may be downloaded into it.
+
+    A new run: ./data. A resumed run: the directory the run read its images from (its checkpoint's config, else its
+    config.json), so `--resume --out RUN` alone continues a run on any dataset. A path found in a file is only read
+    from: nothing is downloaded (or written) there."""
+    if args.data is not None:
+        return True
+    args.data = "./data"
+    if not args.resume or args.dataset == "fake":
+        return True
+    config = ckpt["config"] if ckpt is not None else common.load_json(os.path.join(args.out, "config.json"), "run config")
+    recorded = config.get("data")
+    if not isinstance(recorded, str) or not recorded.strip():
+        return True
+    args.data = recorded
+    print0(f"--data {recorded}: where the run read {args.dataset} (only read from; override with --data)")
+    return False
+
+
 # How to run on this machine, never what the run is: never taken back from the run, whatever the command line says.
 MACHINE_FLAGS = {"out", "resume", "force", "device", "backend", "dist_timeout", "data", "count_only"}
 
@@ -343,6 +363,27 @@ def save(path: str, d, state: dict, totals: torch.Tensor | None = None) -> None:
         totals = None
     if d.master:
         common.atomic_save({**state, "totals": totals}, path)
+
+
+def within_epoch(save, path: str, epoch: int, done: int, batches: int, step: int, every: int, totals) -> None:
+    """After batch `done` of `batches` in `epoch`: a mid-epoch checkpoint every `every` steps (--save-every-steps,
+    bounds the work a crash loses inside a long epoch), and on SIGTERM one of this step, then Interrupted. The
+    epoch's last batch is left to the end-of-epoch checkpoint (stop_if_requested)."""
+    if done == batches:
+        return
+    if every and step % every == 0:
+        save(epoch, done, totals)
+    if common.stop_requested():
+        save(epoch, done, totals)
+        common.STOP["saved"] = path
+        raise common.Interrupted()
+
+
+def stop_if_requested(path: str) -> None:
+    """SIGTERM in an epoch's last step (or its evaluation): stop, with the checkpoint at `path` just written."""
+    if common.stop_requested():
+        common.STOP["saved"] = path
+        raise common.Interrupted()
 
 
 def keep_copy(path: str, snapshot: str) -> None:

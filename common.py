@@ -168,6 +168,48 @@ class Parser(argparse.ArgumentParser):
             if values:
                 action.help = f"{action.help} (recipe: {', '.join(values)})"
 
+    def add_run_flags(self) -> None:
+        """The "speed" and "distributed (torchrun) and device" groups that train.py and retrain.py share: how a run
+        executes, never what it computes (except --amp; all are RUN_FLAGS but --amp, --data-path, --memory-format)."""
+        g = self.add_argument_group("speed")
+        g.add_argument("--workers", type=number(int, 0, 256), default=2, help="DataLoader worker processes (2)")
+        g.add_argument(
+            "--data-path",
+            default="auto",
+            choices=["auto", "tensor", "loader"],
+            help="tensor: images on the device, augmented in batches (cifar, imagenet16, fake); loader: per-image "
+            "DataLoader; auto = tensor where the data is in memory",
+        )
+        g.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
+        g.add_argument(
+            "--memory-format",
+            default="auto",
+            choices=["auto", "channels_last", "contiguous"],
+            help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
+        )
+        g.add_argument(
+            "--deterministic",
+            action="store_true",
+            help="bit-identical repeats and resumes on a GPU too: no cuDNN autotuning, deterministic kernels, no TF32 "
+            "(slower)",
+        )
+        g = self.add_argument_group("distributed (torchrun) and device")
+        g.add_argument(
+            "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu"
+        )
+        g.add_argument(
+            "--backend",
+            default="auto",
+            choices=["auto", "nccl", "gloo"],
+            help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)",
+        )
+        g.add_argument(
+            "--dist-timeout",
+            type=number(float, 0.1, 1e5),
+            default=30.0,
+            help="minutes before DDP gives up on a dead rank (30)",
+        )
+
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:
     """The dests of the flags given on the command line, found by parsing it again with a sentinel as every default:

@@ -176,14 +176,7 @@ def _collect(
     return found
 
 
-def _leftovers(
-    reach: Mixture,
-    n: int,
-    fix: Callable[[Arch], Arch],
-    accept: Callable[[Arch], Arch | None],
-    visited: set[Arch],
-    rng: np.random.Generator,
-) -> list[Arch]:
+def _leftovers(reach: Mixture, n: int, gate: _Gate, rng: np.random.Generator) -> list[Arch]:
     """Up to n candidates drawn one after the other from `reach` restricted to the archs not visited yet.
 
     That is the distribution rejection sampling ends up drawing from, without its wait (with one arch left at a
@@ -196,18 +189,86 @@ def _leftovers(
     left: dict[Arch, float] = {}  # arch -> probability that the generator makes it (repair can merge raw archs)
     for weight, genes in reach:
         for combo in itertools.product(*(gene.items() for gene in genes)):
-            arch = fix(tuple(v for v, _ in combo))
-            if arch not in visited:
+            arch = gate.fix(tuple(v for v, _ in combo))
+            if arch not in gate.visited:
                 left[arch] = left.get(arch, 0.0) + weight * math.prod(p for _, p in combo)
     archs, probs = list(left), np.array(list(left.values()), dtype=np.float64)
     found: list[Arch] = []
     while len(found) < n and probs.sum() > 0:
         i = int(rng.choice(len(archs), p=probs / probs.sum()))
         probs[i] = 0.0  # drawn: visited from now on, whether the constraint admits it or not
-        arch = accept(archs[i])
+        arch = gate.accept(archs[i])
         if arch is not None:
             found.append(arch)
     return found
+
+
+def _mutant_reach(archive: list[Arch], mutation_choices: list[list[int]], prob: float) -> Mixture:
+    # what _mutate can make from a parent drawn uniformly from the archive: one product distribution per parent
+    genes = [[_mutated_gene(g, values, prob) for g, values in zip(p, mutation_choices)] for p in archive]
+    return [(1.0 / len(archive), per_gene) for per_gene in genes]
+
+
+class _Gate:
+    """What every new candidate passes before it is scored: repair, then the duplicate and constraint checks."""
+
+    def __init__(self, n_genes: int, repair=None, constraint=None):
+        self.n_genes, self.repair, self.constraint = n_genes, repair, constraint
+        self.visited: set[Arch] = set()  # SPOS's vis_dict: every arch generated so far, scored or rejected
+
+    def fix(self, arch: Arch) -> Arch:
+        # RLNAS: repair first (the DARTS space maps any draw to a valid genotype), then the checks
+        # run on the arch that would actually be scored.
+        if self.repair is None:
+            return arch
+        arch = tuple(self.repair(arch))
+        assert len(arch) == self.n_genes, f"repair returned {len(arch)} genes, expected {self.n_genes}"
+        return arch
+
+    def accept(self, arch: Arch) -> Arch | None:
+        # RLNAS: skip duplicates. Scoring an arch twice would waste budget (2,000 of 15,625 on NB201)
+        # and, worse, put two copies into the archive, crowding out other parents.
+        if arch in self.visited:
+            return None
+        self.visited.add(arch)
+        # RLNAS: the FLOPs limit is checked BEFORE the angle (method.md pitfall 8): a too-large arch must never
+        # enter the archive, and scoring it would only waste time. A rejected arch stays visited,
+        # so an expensive constraint is never evaluated twice on it either.
+        if self.constraint is not None and not self.constraint(arch):
+            return None
+        return arch
+
+    def admit(self, arch: Arch) -> Arch | None:
+        return self.accept(self.fix(arch))
+
+
+def _check_settings(choices, mutation_choices, population, topk, generations, mutations, crossovers, mutation_prob):
+    """The gene values as lists of ints (mutation_choices defaults to choices); ValueError for impossible settings."""
+    choices = [[int(v) for v in values] for values in choices]
+    mutation_choices = choices if mutation_choices is None else [[int(v) for v in values] for values in mutation_choices]
+    if not choices or any(not values for values in choices + mutation_choices):
+        raise ValueError("evolve: every gene needs at least one allowed value")
+    if len(mutation_choices) != len(choices):
+        raise ValueError(f"evolve: mutation_choices has {len(mutation_choices)} genes, choices has {len(choices)}")
+    if min(population, topk, generations) < 1 or min(mutations, crossovers) < 0 or not 0.0 <= mutation_prob <= 1.0:
+        msg = "need population, topk, generations >= 1; mutations, crossovers >= 0; 0 <= mutation_prob <= 1"
+        raise ValueError(f"evolve: {msg}")
+    return choices, mutation_choices
+
+
+def _score(candidates: list[Arch], memo: dict[Arch, float], fitness) -> dict[Arch, float]:
+    """The candidates' scores: one batched fitness call for those the memo lacks (NaN or a wrong count: ValueError)."""
+    new = [arch for arch in candidates if arch not in memo]
+    fresh: dict[Arch, float] = {}
+    if new:
+        values = [float(v) for v in fitness(new)]
+        if len(values) != len(new):
+            raise ValueError(f"evolve: fitness returned {len(values)} scores for {len(new)} architectures")
+        for arch, value in zip(new, values):
+            if math.isnan(value):
+                raise ValueError(f"evolve: fitness is NaN for {arch}")
+            fresh[arch] = value
+    return {arch: fresh[arch] if arch in fresh else memo[arch] for arch in candidates}
 
 
 # ------------------------------------------------------------
@@ -269,60 +330,28 @@ def evolve(
         population - #children mutants from at most 1000 draws each (`mutations` is not used), then random archs
         up to `population` from at most 1000 x population draws.
     """
-    choices = [[int(v) for v in values] for values in choices]
-    mutation_choices = choices if mutation_choices is None else [[int(v) for v in values] for values in mutation_choices]
-    if not choices or any(not values for values in choices + mutation_choices):
-        raise ValueError("evolve: every gene needs at least one allowed value")
-    if len(mutation_choices) != len(choices):
-        raise ValueError(f"evolve: mutation_choices has {len(mutation_choices)} genes, choices has {len(choices)}")
-    if min(population, topk, generations) < 1 or min(mutations, crossovers) < 0 or not 0.0 <= mutation_prob <= 1.0:
-        msg = "need population, topk, generations >= 1; mutations, crossovers >= 0; 0 <= mutation_prob <= 1"
-        raise ValueError(f"evolve: {msg}")
-
+    choices, mutation_choices = _check_settings(
+        choices, mutation_choices, population, topk, generations, mutations, crossovers, mutation_prob
+    )
     # All randomness comes from this one local generator (no global seeding, STYLE point 10). The
     # fitness never touches it, so the trajectory is a pure function of the seed and the scores:
     # the same seed gives the same search, and a resumed run can replay an interrupted one.
     rng = np.random.default_rng(seed)
     memo = {} if memo is None else {tuple(arch): float(score) for arch, score in memo.items()}
-    visited: set[Arch] = set()  # SPOS's vis_dict: every arch generated so far, scored or rejected
+    gate = _Gate(len(choices), repair, constraint)  # repair, then no duplicates, then the FLOPs limit
     evaluated: dict[Arch, float] = {}
     archive: list[Arch] = []
-
-    def fix(arch: Arch) -> Arch:
-        # RLNAS: repair first (the DARTS space maps any draw to a valid genotype), then the checks
-        # run on the arch that would actually be scored.
-        if repair is None:
-            return arch
-        arch = tuple(repair(arch))
-        assert len(arch) == len(choices), f"repair returned {len(arch)} genes, expected {len(choices)}"
-        return arch
-
-    def accept(arch: Arch) -> Arch | None:
-        # RLNAS: skip duplicates. Scoring an arch twice would waste budget (2,000 of 15,625 on NB201)
-        # and, worse, put two copies into the archive, crowding out other parents.
-        if arch in visited:
-            return None
-        visited.add(arch)
-        # RLNAS: the FLOPs limit is checked BEFORE the angle (method.md pitfall 8): a too-large arch must never
-        # enter the archive, and scoring it would only waste time. A rejected arch stays visited,
-        # so an expensive constraint is never evaluated twice on it either.
-        if constraint is not None and not constraint(arch):
-            return None
-        return arch
-
-    def admit(arch: Arch) -> Arch | None:
-        return accept(fix(arch))
 
     def random_arch() -> Arch:
         return _random_arch(choices, rng)
 
     def more_random(n: int) -> list[Arch]:  # the exhaustion guard's view of random_arch: one uniform product
-        return _leftovers([(1.0, [_uniform(values) for values in choices])], n, fix, accept, visited, rng)
+        return _leftovers([(1.0, [_uniform(values) for values in choices])], n, gate, rng)
 
     # RLNAS: generation 0 is `population` uniform random archs; the official loops draw until they have them.
     # The guard stops the draws only once nothing is left, so too small a space or an impossible constraint
     # fails here with a message instead of hanging (for DARTS and MobileNet, after STALL misses per arch wanted).
-    candidates = _collect(random_arch, population, admit, leftovers=more_random)
+    candidates = _collect(random_arch, population, gate.admit, leftovers=more_random)
     if len(candidates) < population:
         raise ValueError(
             f"evolve: only {len(candidates)} of {population} initial architectures found: "
@@ -336,18 +365,7 @@ def evolve(
         # SPOS: it scores each candidate as soon as it is generated; batching changes nothing in the
         # trajectory (parents only come from the archive, updated once per generation) and lets the
         # NB201 angle be computed for the whole generation at once.
-        new = [arch for arch in candidates if arch not in memo]
-        fresh: dict[Arch, float] = {}
-        if new:
-            values = [float(v) for v in fitness(new)]
-            if len(values) != len(new):
-                raise ValueError(f"evolve: fitness returned {len(values)} scores for {len(new)} architectures")
-            for arch, value in zip(new, values):
-                if math.isnan(value):
-                    raise ValueError(f"evolve: fitness is NaN for {arch}")
-                fresh[arch] = value
-        for arch in candidates:
-            evaluated[arch] = fresh[arch] if arch in fresh else memo[arch]
+        evaluated.update(_score(candidates, memo, fitness))
 
         # ---- select: RLNAS/SPOS keep an ELITIST top-k archive across generations. Merging the old
         # archive with the new candidates means the best arch found so far can never be lost to an
@@ -369,28 +387,26 @@ def evolve(
             return _crossover(archive[rng.integers(len(archive))], archive[rng.integers(len(archive))], rng)
 
         def more_mutants(n: int) -> list[Arch]:  # the guard's view of mutant(): one product per parent
-            reach = [
-                (1.0 / len(archive), [_mutated_gene(g, values, mutation_prob) for g, values in zip(p, mutation_choices)])
-                for p in archive
-            ]
-            return _leftovers(reach, n, fix, accept, visited, rng)
+            return _leftovers(_mutant_reach(archive, mutation_choices, mutation_prob), n, gate, rng)
 
         if not crossover_first:
             # RLNAS NB201 and DARTS: the official mutation loop lowers its counter (10 x the quota) only when
             # it finds a new mutant, so it always delivers `mutations` of them; its crossover loop stops after
             # crossovers + 1 batches of 10 draws; random archs are drawn until the population is full.
-            mutants = _collect(mutant, mutations, admit, leftovers=more_mutants)
-            children = _collect(child, crossovers, admit, tries=10 * (crossovers + 1))
+            mutants = _collect(mutant, mutations, gate.admit, leftovers=more_mutants)
+            children = _collect(child, crossovers, gate.admit, tries=10 * (crossovers + 1))
             fill_tries = None
         else:
             # RLNAS MobileNet: crossovers first, then as many mutants as the population still lacks, each loop
             # with 1000 draws per candidate wanted; the random fill gets 1000 x population draws.
-            children = _collect(child, crossovers, admit, tries=1000 * crossovers)
+            children = _collect(child, crossovers, gate.admit, tries=1000 * crossovers)
             wanted = max(0, population - len(children))
-            mutants = _collect(mutant, wanted, admit, tries=1000 * wanted)
+            mutants = _collect(mutant, wanted, gate.admit, tries=1000 * wanted)
             fill_tries = 1000 * population
         candidates = mutants + children  # the official order of the list, in both loops
-        randoms = _collect(random_arch, max(0, population - len(candidates)), admit, tries=fill_tries, leftovers=more_random)
+        randoms = _collect(
+            random_arch, max(0, population - len(candidates)), gate.admit, tries=fill_tries, leftovers=more_random
+        )
         candidates += randoms
         made = {"mutation": len(mutants), "crossover": len(children), "random": len(randoms)}
         if not candidates:  # every reachable arch has been visited: the space is exhausted

@@ -181,32 +181,7 @@ g.add_argument(
     "--save-every-steps", type=common.number(int, 0), default=0, help="also checkpoint every N steps inside an epoch (0 = off)"
 )
 g.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
-g = p.add_argument_group("speed")
-g.add_argument("--workers", type=common.number(int, 0, 256), default=2, help="DataLoader worker processes (2)")
-g.add_argument(
-    "--data-path",
-    default="auto",
-    choices=["auto", "tensor", "loader"],
-    help="tensor: batched on-device augmentation (in-memory data); loader: per-image DataLoader; auto = tensor if possible",
-)
-g.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
-g.add_argument(
-    "--memory-format",
-    default="auto",
-    choices=["auto", "channels_last", "contiguous"],
-    help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
-)
-g.add_argument(
-    "--deterministic",
-    action="store_true",
-    help="bit-identical repeats and resumes on a GPU too: no cuDNN autotuning, deterministic kernels, no TF32 (slower)",
-)
-g = p.add_argument_group("distributed (torchrun) and device")
-g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
-g.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"], help="DDP backend under torchrun")
-g.add_argument(
-    "--dist-timeout", type=common.number(float, 0.1, 1e5), default=30.0, help="minutes before DDP gives up on a dead rank"
-)
+p.add_run_flags()  # the speed and device groups, shared with train.py (common.py)
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.1, darts-cifar 0.025, ...)" after every flag a recipe fills
 
 # The flags that only say how to run: a resumed run may change these; every other flag takes the run's own value
@@ -218,9 +193,15 @@ RUN_FLAGS |= {"eval_every", "count_only"}  # how often to test changes no weight
 def resolve_arch(args):
     """(space, architecture, search.json or None) from --arch, --genotype or the winner of a search.json (exactly one).
 
-    The space is --space, else the search.json's supernet_args, else darts for --genotype, else the one space whose
-    notation reads the string (the three notations never overlap: `|op~0|+...`, 21 integers, `Genotype(...)`).
+    `--resume --out RUN` alone retrains the run's own architecture (its config.json). The space is --space, else the
+    search.json's supernet_args, else darts for --genotype, else the one space whose notation reads the string (the
+    three notations never overlap: `|op~0|+...`, 21 integers, `Genotype(...)`).
     """
+    if args.resume and args.out and not (args.arch or args.genotype or args.ckpt_search):  # resumed: its own architecture
+        config = common.load_json(os.path.join(args.out, "config.json"), "run config")
+        if not isinstance(config.get("arch"), str) or not isinstance(config.get("space"), str):
+            raise UsageError(f"{args.out}/config.json names no architecture; pass the run's --arch (or --genotype)")
+        args.arch, args.space = config["arch"], args.space or config["space"]
     given = [a for a in (args.arch, args.genotype, args.ckpt_search) if a is not None]
     if len(given) != 1:
         raise UsageError(
@@ -249,7 +230,7 @@ def resolve_arch(args):
     try:
         return SPACES[args.space], SPACES[args.space].parse(text), found
     except ValueError as err:
-        hint = "" if space_given else " (no --space given, and no space's notation reads it: pass --space)"
+        hint = "" if space_given else " (read as NB201: no space's notation reads it; for another space pass --space)"
         raise UsageError(f"{err}{hint}") from None
 
 
@@ -301,7 +282,8 @@ def default_data(args, found: dict | None) -> tuple[str | None, bool]:
         return took, True
     if isinstance(recorded, str) and recorded.strip():
         args.data = recorded
-        return f"{took or 'retrain.py:'} read from {recorded} (override with --data; nothing is downloaded there)", False
+        where = f"read from {recorded}, where it was read before (override with --data; nothing is downloaded there)"
+        return (f"{took}; {where}" if took else f"retrain.py: {where}"), False
     args.data = "./data"
     return took, True
 
@@ -489,13 +471,38 @@ def count_only(args, space, arch) -> None:
     print("multiply-adds in the paper's units (its thop): one per weight use in a conv, (2 x in - 1) x out per linear layer")
 
 
+def network_args(args, space, arch, num_classes: int) -> dict:
+    """The network's constructor arguments, checked before anything is allocated: an auxiliary head the network
+    cannot have, or an --image-size its downsampling cannot take, fails here in one line (a meta-device probe)."""
+    net_args = space.retrain_args(args, num_classes)
+    if args.aux_weight > 0:
+        check_aux_head(space, arch, net_args)
+    with torch.device("meta"):  # shapes only
+        probe = space.network(arch, net_args, aux=args.aux_weight > 0)
+    common.check_image_size(probe, args.image_size, what=f"{args.space} network")
+    return net_args
+
+
+def start_or_resume(args, ckpt, raw_model, optimizer, d, arch_text: str) -> tuple[int, int]:
+    """Where the loop starts -> (start_epoch, step): a new run writes its config.json; a resumed one restores weights,
+    momentum and its place in the epoch (checkpoint.py)."""
+    log_path = os.path.join(args.out, "log.jsonl")
+    if ckpt is None:
+        start_epoch, step = 0, 0
+        if args.resume and d.master:  # stopped before its first checkpoint: it starts again from epoch 0
+            checkpoint.trim_log(log_path, 0)
+        if d.master:
+            config = {**vars(args), "arch": arch_text, "git_commit": common.git_commit()}
+            common.atomic_write_json(config, os.path.join(args.out, "config.json"))
+    else:  # BOILERPLATE: continue exactly where the run stopped (checkpoint.py)
+        start_epoch, _, step = checkpoint.restore(
+            ckpt, os.path.join(args.out, "retrain.pt"), raw_model, optimizer, d, log_path
+        )
+    return start_epoch, step
+
+
 def main():
     args = p.parse_args()
-    if args.resume and args.out and not (args.arch or args.genotype or args.ckpt_search):  # the run's own architecture
-        config = common.load_json(os.path.join(args.out, "config.json"), "run config")
-        if not isinstance(config.get("arch"), str) or not isinstance(config.get("space"), str):
-            raise UsageError(f"{args.out}/config.json names no architecture; pass the run's --arch (or --genotype)")
-        args.arch, args.space = config["arch"], args.space or config["space"]
     space, arch, found = resolve_arch(args)
     took, download = default_data(args, found)  # the flags, else the supernet run's, else the space's own
     arch_text = space.format(arch)
@@ -521,9 +528,7 @@ def main():
     # ------------------------------------------------------------------------------------------
     # Data: real labels, standard augmentation on train, none on test.
     train_set, test_set, num_classes = real_label_data(args, download)
-    net_args = space.retrain_args(args, num_classes)
-    if args.aux_weight > 0:
-        check_aux_head(space, arch, net_args)
+    net_args = network_args(args, space, arch, num_classes)
     fast, cache = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(train_set)), {}
     if not args.resume and d.master:
         checkpoint.make_run_dir(args.out, args.force, "retrain.pt")
@@ -536,21 +541,10 @@ def main():
 
     # ------------------------------------------------------------------------------------------
     # Model and optimizer.
-    with torch.device("meta"):  # shapes only: an --image-size the downsampling cannot take fails here, in one line
-        probe = space.network(arch, net_args, aux=args.aux_weight > 0)
-    common.check_image_size(probe, args.image_size, what=f"{args.space} network")
     torch.manual_seed(args.seed)
     raw_model, model, fmt = build_network(args, space, arch, net_args, d)
     optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
-    if ckpt is None:
-        start_epoch, step = 0, 0
-        if args.resume and d.master:  # stopped before its first checkpoint: it starts again from epoch 0
-            checkpoint.trim_log(log_path, 0)
-        if d.master:
-            config = {**vars(args), "arch": arch_text, "git_commit": common.git_commit()}
-            common.atomic_write_json(config, os.path.join(args.out, "config.json"))
-    else:  # BOILERPLATE: continue exactly where the run stopped (checkpoint.py)
-        start_epoch, _, step = checkpoint.restore(ckpt, ckpt_path, raw_model, optimizer, d, log_path)
+    start_epoch, step = start_or_resume(args, ckpt, raw_model, optimizer, d, arch_text)
     print0(
         f"retrain {arch_text} | {args.space} {args.variant} {net_args} | {sizes(space, arch, net_args)} | "
         f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}"
@@ -599,12 +593,8 @@ def main():
             totals[2] += len(y)
             step += 1
             progress.step(i, len(y), totals, lr, args.log_every)
-            if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
-                save(epoch, i + 1, totals)
-            if common.stop_requested() and i + 1 < len(loader):  # SIGTERM: a mid-epoch checkpoint, then stop
-                save(epoch, i + 1, totals)
-                common.STOP["saved"] = ckpt_path
-                raise common.Interrupted()
+            # --save-every-steps, and SIGTERM: a mid-epoch checkpoint (then stop)
+            checkpoint.within_epoch(save, ckpt_path, epoch, i + 1, len(loader), step, args.save_every_steps, totals)
         if d.ddp:  # the epoch's loss and accuracy over all ranks
             torch.distributed.all_reduce(totals)
         loss, acc = (totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
@@ -620,9 +610,7 @@ def main():
         if d.master:
             common.append_jsonl(log_path, entry)
         save(epoch + 1, 0)  # after the log line: a crash in between only repeats this epoch
-        if common.stop_requested():  # SIGTERM in the epoch's last step or its evaluation: saved just now
-            common.STOP["saved"] = ckpt_path
-            raise common.Interrupted()
+        checkpoint.stop_if_requested(ckpt_path)  # SIGTERM in the epoch's last step or its evaluation: saved just now
     common.STOP["armed"] = False
     print0(f"done: {arch_text} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
     common.cleanup_distributed(d)

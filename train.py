@@ -157,7 +157,12 @@ g.add_argument(
 )
 g = p.add_argument_group("data")
 g.add_argument("--dataset", default="cifar10", choices=DATASETS, help="training data (default cifar10)")
-g.add_argument("--data", type=common.nonempty, default="./data", help="dataset directory (default ./data)")
+g.add_argument(
+    "--data",
+    type=common.nonempty,
+    default=None,
+    help="dataset directory (default ./data; with --resume, the directory the run read)",
+)
 g.add_argument(
     "--image-size", type=common.image_size, default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
 )
@@ -213,38 +218,7 @@ g.add_argument(
     help="also checkpoint every N steps inside an epoch, for long epochs (0 = only at epoch ends)",
 )
 g.add_argument("--log-every", type=common.number(int), default=50, help="print a progress line every N steps (50)")
-g = p.add_argument_group("speed")
-g.add_argument("--workers", type=common.number(int, 0, 256), default=2, help="DataLoader worker processes (default 2)")
-g.add_argument(
-    "--data-path",
-    default="auto",
-    choices=["auto", "tensor", "loader"],
-    help="tensor: images on the device, augmented in batches (cifar, imagenet16, fake); loader: per-image DataLoader; "
-    "auto = tensor where the data is in memory",
-)
-g.add_argument("--amp", action="store_true", help="bf16 autocast for forward and loss (weights stay fp32)")
-g.add_argument(
-    "--memory-format",
-    default="auto",
-    choices=["auto", "channels_last", "contiguous"],
-    help="layout of weights and batches; auto = channels_last on CPU (1.6x faster here, bench.py), contiguous on GPU",
-)
-g.add_argument(
-    "--deterministic",
-    action="store_true",
-    help="bit-identical repeats and resumes on a GPU too: no cuDNN autotuning, deterministic kernels, no TF32 (slower)",
-)
-g = p.add_argument_group("distributed (torchrun) and device")
-g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto = cuda if available, else cpu")
-g.add_argument(
-    "--backend",
-    default="auto",
-    choices=["auto", "nccl", "gloo"],
-    help="DDP backend under torchrun (auto: nccl on GPU, gloo on CPU)",
-)
-g.add_argument(
-    "--dist-timeout", type=common.number(float, 0.1, 1e5), default=30.0, help="minutes before DDP gives up on a dead rank (30)"
-)
+p.add_run_flags()  # the speed and device groups, shared with retrain.py (common.py)
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.025, darts-cifar 0.025, ...)" after every flag a recipe fills
 
 # The flags that only say how to run, not what the run is: a resumed run may change these (checkpoint.merge_flags);
@@ -293,7 +267,7 @@ def lr_at(epoch: int, args, step: int = 0, total_steps: int = 1) -> float:
     return args.lr_min + (args.lr - args.lr_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
 
 
-def random_label_data(args, ckpt):
+def random_label_data(args, ckpt, download: bool = True):
     """RLNAS: the training images, each with one random label (method.md §1; paper Sec. 3).
 
     Returns (base dataset, indices trained on, train set with its labels, label record, K). The record (kind, seed,
@@ -307,6 +281,7 @@ def random_label_data(args, ckpt):
         image_size=args.image_size,
         fake_images=args.fake_images,
         fake_seed=args.data_seed,
+        download=download,
     )
     n_full = len(base)
     half = args.split == "half" or (args.split == "auto" and args.space == "nb201" and args.dataset == "cifar10")
@@ -439,45 +414,25 @@ def save_w0(raw_model, args, d, path: str, tau) -> tuple[dict, str]:
     return w0, w0_fp
 
 
-def main():
-    args = p.parse_args()
-    if args.out is None:
-        args.out = os.path.join("runs", f"{args.space}-{args.dataset}-{args.labels}-s{args.seed}-l{args.label_seed}")
-    check_label_flags(args)
-
-    # ------------------------------------------------------------------------------------------
-    # BOILERPLATE: devices, torchrun, run directory; a resumed run takes its own settings back (checkpoint.py).
-    d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
-    ckpt_path, init_path, log_path = (os.path.join(args.out, f) for f in ("supernet.pt", "supernet_init.pt", "log.jsonl"))
-    ckpt = checkpoint.open_run(args, ckpt_path, RUN_FLAGS, p)  # None: a new run
-    fill_recipe(args)  # after the resume merge: a resumed run keeps its own values
-    space = SPACES[args.space]
-    tau = tau_tracker(args)
-
-    # ------------------------------------------------------------------------------------------
-    # RLNAS: the training set with its random labels, drawn once (method.md §1).
-    base, indices, train_set, record, num_classes = random_label_data(args, ckpt)
-    labels_sha = record["sha256"]
-    fast, cache = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(train_set)), {}
-    if not args.resume and d.master:
-        checkpoint.make_run_dir(args.out, args.force, "supernet.pt")  # only now: a bad flag or missing data leaves nothing
-    if d.ddp:
-        torch.distributed.barrier()
-    common.STOP["resume"] = f"python train.py --resume --out {args.out}"  # what an interrupt's one line suggests
-
-    # ------------------------------------------------------------------------------------------
-    # Model, optimizer, W0. The only global seeding call: the weight init (PyTorch defaults, method.md pitfall 2).
+def supernet_args(args, space, num_classes: int) -> dict:
+    """The supernet's constructor arguments; --image-size defaults to the dataset's side. An --image-size the
+    downsampling cannot take fails here, in one line, before anything is allocated (a meta-device probe)."""
     if args.image_size is None:  # the side the network (and its FLOPs count) is built for
         args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
     net_args = space.net_args(args, num_classes)
-    with torch.device("meta"):  # shapes only: an --image-size the downsampling cannot take fails here, in one line
+    with torch.device("meta"):  # shapes only
         probe = space.supernet(net_args)
     common.check_image_size(probe, args.image_size, space.sample_path(torch.Generator(), net_args), what="supernet")
-    torch.manual_seed(args.seed)
-    raw_model, model, fmt = build_supernet(args, space, net_args, d)
-    # weight decay on every parameter (NB201, DARTS-CIFAR) or on conv weights only (ImageNet spaces), method.md §3
-    optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
-    path_gen = torch.Generator().manual_seed(args.seed)  # Rule A: same seed on every rank -> same paths
+    return net_args
+
+
+def start_or_resume(args, ckpt, raw_model, optimizer, d, path_gen, tau):
+    """W0 and where the loop starts -> (W0, its fingerprint, start_epoch, step).
+
+    A new run saves W0 now, before the first step (save_w0). A run stopped in its first epoch starts again from
+    its own W0. Any other resumed run restores weights, momentum, the path generator and its place (checkpoint.py).
+    """
+    ckpt_path, init_path, log_path = (os.path.join(args.out, f) for f in ("supernet.pt", "supernet_init.pt", "log.jsonl"))
     if ckpt is None and args.resume and os.path.isfile(init_path):  # stopped in epoch 1: again, from its own W0
         w0 = checkpoint.load_w0(init_path)
         try:
@@ -500,6 +455,45 @@ def main():
         w0_fp = ckpt["w0"]["fingerprint"]
         w0 = checkpoint.load_w0(init_path, w0_fp)
         start_epoch, _, step = checkpoint.restore(ckpt, ckpt_path, raw_model, optimizer, d, log_path, path_gen, "supernet")
+    return w0, w0_fp, start_epoch, step
+
+
+def main():
+    args = p.parse_args()
+    if args.out is None:
+        args.out = os.path.join("runs", f"{args.space}-{args.dataset}-{args.labels}-s{args.seed}-l{args.label_seed}")
+    check_label_flags(args)
+
+    # ------------------------------------------------------------------------------------------
+    # BOILERPLATE: devices, torchrun, run directory; a resumed run takes its own settings back (checkpoint.py).
+    d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
+    ckpt_path, log_path = os.path.join(args.out, "supernet.pt"), os.path.join(args.out, "log.jsonl")
+    ckpt = checkpoint.open_run(args, ckpt_path, RUN_FLAGS, p)  # None: a new run
+    download = checkpoint.data_dir(args, ckpt)  # --data, else ./data, else (resumed) where the run read
+    fill_recipe(args)  # after the resume merge: a resumed run keeps its own values
+    space = SPACES[args.space]
+    tau = tau_tracker(args)
+
+    # ------------------------------------------------------------------------------------------
+    # RLNAS: the training set with its random labels, drawn once (method.md §1).
+    base, indices, train_set, record, num_classes = random_label_data(args, ckpt, download)
+    labels_sha = record["sha256"]
+    fast, cache = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(train_set)), {}
+    if not args.resume and d.master:
+        checkpoint.make_run_dir(args.out, args.force, "supernet.pt")  # only now: a bad flag or missing data leaves nothing
+    if d.ddp:
+        torch.distributed.barrier()
+    common.STOP["resume"] = f"python train.py --resume --out {args.out}"  # what an interrupt's one line suggests
+
+    # ------------------------------------------------------------------------------------------
+    # Model, optimizer, W0. The only global seeding call: the weight init (PyTorch defaults, method.md pitfall 2).
+    net_args = supernet_args(args, space, num_classes)
+    torch.manual_seed(args.seed)
+    raw_model, model, fmt = build_supernet(args, space, net_args, d)
+    # weight decay on every parameter (NB201, DARTS-CIFAR) or on conv weights only (ImageNet spaces), method.md §3
+    optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
+    path_gen = torch.Generator().manual_seed(args.seed)  # Rule A: same seed on every rank -> same paths
+    w0, w0_fp, start_epoch, step = start_or_resume(args, ckpt, raw_model, optimizer, d, path_gen, tau)
     if start_epoch >= args.epochs:
         print0(f"{args.out} already finished {start_epoch} epochs; nothing to do")
 
@@ -556,12 +550,8 @@ def main():
             totals[2] += len(y)
             step += 1
             progress.step(i, len(y), totals, lr, args.log_every)
-            if args.save_every_steps and step % args.save_every_steps == 0 and i + 1 < len(loader):
-                save(epoch, i + 1, totals)  # bounds the work a crash loses inside a long epoch
-            if common.stop_requested() and i + 1 < len(loader):  # SIGTERM: a mid-epoch checkpoint, then stop
-                save(epoch, i + 1, totals)
-                common.STOP["saved"] = ckpt_path
-                raise common.Interrupted()
+            # --save-every-steps, and SIGTERM: a mid-epoch checkpoint (then stop)
+            checkpoint.within_epoch(save, ckpt_path, epoch, i + 1, len(loader), step, args.save_every_steps, totals)
         if d.ddp:
             torch.distributed.all_reduce(totals)  # the epoch's loss and accuracy over all ranks
         ranks = checkpoint.ranks_agree(d, labels_sha, raw_model, epoch)  # DDP: same labels, same weights everywhere
@@ -575,9 +565,7 @@ def main():
         save(epoch + 1, 0, ranks=ranks)  # the log line first, then the checkpoint: a crash in between repeats the epoch
         if d.master and args.keep_every and (epoch + 1) % args.keep_every == 0:  # resumable and searchable snapshots
             checkpoint.keep_copy(ckpt_path, os.path.join(args.out, f"supernet_ep{epoch + 1}.pt"))
-        if common.stop_requested():  # SIGTERM in the epoch's last step: its checkpoint is the one just written
-            common.STOP["saved"] = ckpt_path
-            raise common.Interrupted()
+        checkpoint.stop_if_requested(ckpt_path)  # SIGTERM in the epoch's last step: the checkpoint just written
     common.STOP["armed"] = False
     print0(f"done: {ckpt_path}\nnext: python search.py --ckpt {ckpt_path}")
     common.cleanup_distributed(d)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import evolution
-from evolution import Generation, _crossover, _leftovers, _mutate, evolve, rank, tie_group
+from evolution import Generation, _crossover, _Gate, _leftovers, _mutate, evolve, rank, tie_group
 
 TARGET = (1, 2, 3, 4, 1, 2, 3, 4, 1, 2)  # unique optimum of the Hamming fitness below
 CHOICES10 = [[0, 1, 2, 3, 4]] * 10
@@ -356,14 +356,16 @@ def test_leftovers_draw_from_the_generator_restricted_to_what_is_new(monkeypatch
     rng = np.random.default_rng(0)
     counts = {(0, 1): 0, (1, 0): 0, (1, 1): 0}
     for _ in range(4000):
-        visited = {(0, 0)}
-        (arch,) = _leftovers(reach, 1, lambda a: a, lambda a: a if visited.add(a) is None else None, visited, rng)
+        gate = _Gate(2)
+        gate.visited.add((0, 0))
+        (arch,) = _leftovers(reach, 1, gate, rng)
         counts[arch] += 1
     assert abs(counts[(0, 1)] / 4000 - 0.35 / 0.65) < 0.03 and abs(counts[(1, 0)] / 4000 - 0.15 / 0.65) < 0.03
     # asked for more than is left: everything left, then short; a rejecting constraint leaves it out
-    visited = {(0, 0)}
-    got = _leftovers(reach, 9, lambda a: a, lambda a: None if a == (1, 1) else (visited.add(a) or a), visited, rng)
-    assert sorted(got) == [(0, 1), (1, 0)]
+    gate = _Gate(2, constraint=lambda a: a != (1, 1))
+    gate.visited.add((0, 0))
+    got = _leftovers(reach, 9, gate, rng)
+    assert sorted(got) == [(0, 1), (1, 0)] and gate.visited == {(0, 0), (0, 1), (1, 0), (1, 1)}
     # a reach too large to list: nothing (exhaustion is presumed after STALL misses per candidate)
     monkeypatch.setattr(evolution, "ENUMERATE_LIMIT", 3)
-    assert _leftovers(reach, 1, lambda a: a, lambda a: a, set(), rng) == []
+    assert _leftovers(reach, 1, _Gate(2), rng) == []

@@ -54,9 +54,9 @@ def test_help_reads_the_method_first_and_shows_each_recipe():
     assert "generations (nb201 20, darts 20, mobilenet 20)" in flat and "(mobilenet 475;" in flat
 
 
-def test_accuracy_fitness_reads_the_runs_folder_without_data(tmp_path):
-    """--fitness accuracy without --data reads the held-out images where the supernet run read them (an ImageFolder
-    here, loaded by a DataLoader), and says so; nothing is written into that folder."""
+def test_without_data_the_runs_folder_is_read_never_written(tmp_path):
+    """search.py --fitness accuracy and train.py --resume without --data read the images where the supernet run read
+    them (an ImageFolder here, loaded by a DataLoader), and say so; nothing is written or downloaded there."""
     from test_data import write_folder
 
     images = tmp_path / "images"
@@ -71,4 +71,15 @@ def test_accuracy_fitness_reads_the_runs_folder_without_data(tmp_path):
     )  # fmt: skip
     assert f"folder read from {images}, the supernet run's --data" in res.stdout
     assert json.load(open(tmp_path / "s.json"))["winner"]["arch"]
+    # train.py --resume without --data reads where the run read (here a finished run: it loads the data, then stops)
+    res = run("train.py", "--resume", "--out", tmp_path / "sn", cwd=tmp_path)
+    assert f"--data {images}: where the run read folder" in res.stdout and "already finished" in res.stdout
     assert sorted(p.relative_to(images) for p in images.rglob("*")) == before
+    # a CIFAR run whose directory is gone: one line, and nothing is downloaded into the recorded path
+    cfg = json.load(open(tmp_path / "sn" / "config.json"))
+    gone = tmp_path / "gone"
+    (tmp_path / "sn" / "config.json").write_text(json.dumps({**cfg, "dataset": "cifar10", "data": str(gone), "image_size": None}))
+    (tmp_path / "sn" / "supernet.pt").unlink()  # stopped in its first epoch: its settings come from config.json
+    res = run("train.py", "--resume", "--out", tmp_path / "sn", check=False, cwd=tmp_path)
+    assert res.returncode == 2 and "pass --data DIR" in res.stderr and str(gone) in res.stderr
+    assert not gone.exists()
