@@ -24,16 +24,18 @@ This module is imported, never run. Usage, from a stage script:
 """
 
 import codecs
+import functools
 import os
 import pickle
 import socket
 
 import numpy as np
 import torch
-import torchvision
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
-from torchvision.transforms import v2
+
+# torchvision is imported where it is used, never at the top: importing it takes about 1.5 s of every start on a
+# CPU (it loads torch._dynamo), which search.py, the batched tensor path and every one-line error never need.
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120", "imagenet", "folder", "fake")
 
@@ -71,6 +73,26 @@ class DataError(Exception):
 # fake) alike, so every dataset goes through the same pipeline.
 
 
+class Pipeline:
+    """A dataset's per-image transform, built on its first image: `build()` -> the v2.Compose. What the batched
+    tensor path needs is readable without building it: `normalize` (the _Normalize step, or None) and `augment`
+    (flip + crop on). `build` is a functools.partial of a module function, so DataLoader workers can pickle it."""
+
+    def __init__(self, build, normalize: "_Normalize | None", augment: bool):
+        self.build, self.normalize, self.augment, self._compose = build, normalize, augment, None
+
+    @property
+    def transforms(self) -> list:
+        if self._compose is None:
+            self._compose = self.build()
+        return self._compose.transforms
+
+    def __call__(self, image):
+        if self._compose is None:
+            self._compose = self.build()
+        return self._compose(image)
+
+
 class _Normalize:
     """uint8 (3, H, W) -> float (3, H, W): x = (u8 / 255 - mean) / std.
 
@@ -89,8 +111,11 @@ class _Normalize:
         return f"_Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
 
 
-def build_transform(size: int, mean: list[float], std: list[float], augment: bool, resize: bool = False) -> v2.Compose:
-    """The official NB201 pipeline for S x S images (method.md §3): train = flip + RandomCrop(S, pad S//8) + normalize."""
+def build_transform(size: int, mean: list[float], std: list[float], augment: bool, resize: bool = False):
+    """The official NB201 pipeline for S x S images (method.md §3): train = flip + RandomCrop(S, pad S//8) + normalize.
+    Returns a torchvision v2.Compose."""
+    from torchvision.transforms import v2
+
     steps = [v2.ToImage()]  # PIL or uint8 tensor -> uint8 tv_tensors.Image (3, H, W)
     if resize:
         # Folder images of another size: short side to S, then the central S x S. Resize returns an S-sized image
@@ -124,7 +149,7 @@ IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 IMAGENET_STYLES = ("lighting", "normalize")
 
 
-def build_imagenet_transform(size: int, augment: bool, style: str = "lighting") -> v2.Compose:
+def build_imagenet_transform(size: int, augment: bool, style: str = "lighting"):
     """The two ImageNet pipelines of the official code; both: train = RandomResizedCrop(S, scale 0.08-1) + flip,
     eval = resize the short side to S*256/224 + CenterCrop(S).
     style 'lighting' (method.md §3 supernets of both spaces, method.md §6 DARTS retraining): [0, 1] floats + PCA
@@ -132,6 +157,8 @@ def build_imagenet_transform(size: int, augment: bool, style: str = "lighting") 
     torchvision's ImageNet mean/std, no lighting."""
     if style not in IMAGENET_STYLES:
         raise ValueError(f"imagenet style must be one of {IMAGENET_STYLES}, got {style!r}")
+    from torchvision.transforms import v2
+
     steps = [v2.ToImage()]
     if augment:
         steps += [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()]
@@ -177,7 +204,9 @@ class FileImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path = self.samples[i][0]
         try:
-            image = torchvision.datasets.folder.default_loader(path)  # PIL RGB
+            from torchvision.datasets.folder import default_loader  # a lookup once torchvision is imported
+
+            image = default_loader(path)  # PIL RGB
         except Exception as e:  # a truncated JPEG, an empty file, text named .jpg: PIL raises OSError, ValueError, ...
             # Stop and name the file rather than skip it: a skipped image would silently change the training set
             # (and the recorded indices); one bad file usually means a damaged copy, with more to find.
@@ -192,6 +221,8 @@ class FileImages(Dataset):
 
 
 def _load_cifar(name: str, root: str, train: bool, download: bool = True) -> TensorImages:
+    import torchvision
+
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     folder = os.path.join(root, cls.base_folder)
     try:
@@ -308,6 +339,8 @@ def _folder_error(problem: str, path: str, name: str = "folder") -> DataError:
 
 
 def _load_folder(root: str, train: bool, name: str = "folder") -> FileImages:
+    import torchvision
+
     if not os.path.isdir(root):
         raise _folder_error("no such directory", root, name)
     train_dir = os.path.join(root, "train")
@@ -389,10 +422,15 @@ def load_dataset(
     else:
         ds = _load_fake(train, size, fake_images, fake_classes, fake_seed)
     # The test split is never augmented, whatever the caller asks (method.md §3: test = normalize only).
+    aug = augment and train
     if name == "imagenet":
-        ds.transform = build_imagenet_transform(size, augment=augment and train, style=imagenet_style)
+        if imagenet_style not in IMAGENET_STYLES:
+            raise ValueError(f"imagenet style must be one of {IMAGENET_STYLES}, got {imagenet_style!r}")
+        build = functools.partial(build_imagenet_transform, size, augment=aug, style=imagenet_style)
+        ds.transform = Pipeline(build, None, aug)  # never on the batched tensor path: ImageNet is not in memory
     else:
-        ds.transform = build_transform(size, *MEAN_STD[name], augment=augment and train, resize=name == "folder")
+        build = functools.partial(build_transform, size, *MEAN_STD[name], augment=aug, resize=name == "folder")
+        ds.transform = Pipeline(build, _Normalize(*MEAN_STD[name]), aug)
     return ds
 
 
@@ -563,7 +601,7 @@ class TensorBatches:
     ):
         assert in_memory(dataset), "TensorBatches needs a dataset whose images are one uint8 tensor"
         base = dataset.base
-        norm = next(t for t in base.transform.transforms if isinstance(t, _Normalize))  # the dataset's mean and std
+        norm = base.transform.normalize  # the dataset's mean and std
         key = (id(base), _index_key(dataset.indices), str(device))
         if cache is not None and key in cache:  # the device copy of the images is made once per run, not per epoch
             self.images = cache[key]
@@ -574,7 +612,7 @@ class TensorBatches:
         self.labels = dataset.labels_used.to(device)  # (N,) labels may change per epoch (--label-mode redraw)
         self.mean, self.std = norm.mean.to(device), norm.std.to(device)  # (3, 1, 1) each
         self.batch_size, self.train, self.device = batch_size, train, device
-        self.augment = train and any(isinstance(t, v2.RandomCrop) for t in base.transform.transforms)
+        self.augment = train and base.transform.augment  # flip + RandomCrop, as build_transform
         self.pad = self.images.shape[-1] // 8  # RandomCrop(S, padding=S//8): 4 for 32x32, 2 for 16x16
         n = len(self.labels)
         if train:

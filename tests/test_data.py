@@ -548,7 +548,7 @@ def reference_tensor_batches(dataset, batch_size, train, seed, epoch, rank=0, wo
     """TensorBatches' batches as they were made before the epoch's indices, flips and offsets moved to the device
     once per epoch: everything drawn and kept on the CPU, sliced and copied (`.to`) batch by batch."""
     base = dataset.base
-    norm = next(t for t in base.transform.transforms if isinstance(t, data._Normalize))
+    norm = next(t for t in base.transform.transforms if isinstance(t, data._Normalize))  # from the built pipeline
     images, labels = base.images[dataset.indices], dataset.labels_used
     pad, n = images.shape[-1] // 8, len(labels)
     augment = train and any(isinstance(t, torchvision.transforms.v2.RandomCrop) for t in base.transform.transforms)

@@ -130,3 +130,22 @@ def test_every_code_reference_in_the_docs_exists():
             if not os.path.isfile(path) or name not in defined_names(path):
                 stale.append(f"{os.path.relpath(doc, ROOT)}: {file}:{name}")
     assert not stale, stale
+
+
+def test_torchvision_is_imported_only_where_images_are_decoded():
+    """Importing torchvision costs about 1.5 s of every start (it loads torch._dynamo): the stage scripts, a search
+    and the batched tensor path on in-memory data never import it; the per-image pipeline does, on first use."""
+    import sys
+
+    code = (
+        "import sys, torch, train, search, retrain\n"
+        "from data import Relabeled, epoch_loader, load_dataset\n"
+        "ds = load_dataset('fake', '', 'train', augment=True, fake_images=8)\n"
+        "view = Relabeled(ds, torch.arange(8), ds.targets)\n"
+        "batches = list(epoch_loader(view, 4, True, 0, 0, torch.device('cpu'), fast=True))\n"
+        "print('torchvision' in sys.modules, len(batches))\n"
+        "ds[0]\n"
+        "print('torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "2", "True"], out.stderr[-2000:]

@@ -15,6 +15,12 @@ from test_scripts import ROOT, assert_same_weights_and_momentum, load, run, scri
 LONG = tiny_flags(images=640, batch=16) + ["--log-every", "1000", "--epochs", "8"]
 
 
+def _default_sigint():
+    # A suite started in the background (`nohup pytest ... &`) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler; a user's Ctrl-C reaches a foreground process, so the script starts as one would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(script, *args):
     env = script_env()
     return subprocess.Popen(
@@ -23,6 +29,7 @@ def start(script, *args):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 

@@ -78,7 +78,8 @@ def test_without_data_the_runs_folder_is_read_never_written(tmp_path):
     # a CIFAR run whose directory is gone: one line, and nothing is downloaded into the recorded path
     cfg = json.load(open(tmp_path / "sn" / "config.json"))
     gone = tmp_path / "gone"
-    (tmp_path / "sn" / "config.json").write_text(json.dumps({**cfg, "dataset": "cifar10", "data": str(gone), "image_size": None}))
+    edited = {**cfg, "dataset": "cifar10", "data": str(gone), "image_size": None}
+    (tmp_path / "sn" / "config.json").write_text(json.dumps(edited))
     (tmp_path / "sn" / "supernet.pt").unlink()  # stopped in its first epoch: its settings come from config.json
     res = run("train.py", "--resume", "--out", tmp_path / "sn", check=False, cwd=tmp_path)
     assert res.returncode == 2 and "pass --data DIR" in res.stderr and str(gone) in res.stderr
