@@ -98,7 +98,7 @@ def test_search_sigkill_between_generations_then_resume(tmp_path):
         "--crossovers",
         6,
         "--generations",
-        400,
+        150,
         "--seed",
         1,
     ]
