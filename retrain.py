@@ -278,9 +278,9 @@ def default_data(args, found: dict | None) -> tuple[str | None, bool]:
         recorded = _read_config(os.path.join(args.out, "config.json")).get("data", recorded)
     if args.dataset is None:
         args.dataset = "imagenet" if args.space == "mobilenet" or args.variant == "imagenet" else "cifar10"
-    if args.data is not None or args.dataset == "fake":
+    if args.data is not None:
         return took, True
-    if isinstance(recorded, str) and recorded.strip():
+    if args.dataset != "fake" and isinstance(recorded, str) and recorded.strip():
         args.data = recorded
         where = f"read from {recorded}, where it was read before (override with --data; nothing is downloaded there)"
         return (f"{took}; {where}" if took else f"retrain.py: {where}"), False
