@@ -198,23 +198,26 @@ def open_run(args, path: str, keep, parser) -> dict | None:
     return ckpt
 
 
-def data_dir(args, ckpt: dict | None) -> bool:
+def data_dir(args, ckpt: dict | None, recorded: str | None = None) -> bool:
     """Fill --data when it is not given -> whether a missing dataset may be downloaded into it.
 
-    A new run: ./data. A resumed run: the directory the run read its images from (its checkpoint's config, else its
-    config.json), so `--resume --out RUN` alone continues a run on any dataset. A path found in a file is only read
-    from: nothing is downloaded (or written) there."""
+    --data when given; else, for a resumed run, the directory it read its images from (its checkpoint's config, else
+    its config.json), else `recorded` (retrain.py --ckpt-search: the supernet run's), so `--resume --out RUN` alone
+    continues a run on any dataset; else ./data. A path found in a file is only read from: nothing is downloaded (or
+    written) there (data.py:load_dataset, download=False)."""
     if args.data is not None:
         return True
+    if args.resume:
+        config = ckpt["config"] if ckpt is not None else common.load_json(os.path.join(args.out, "config.json"), "run config")
+        recorded = config.get("data", recorded)
     args.data = "./data"
-    if not args.resume or args.dataset == "fake":
-        return True
-    config = ckpt["config"] if ckpt is not None else common.load_json(os.path.join(args.out, "config.json"), "run config")
-    recorded = config.get("data")
-    if not isinstance(recorded, str) or not recorded.strip():
+    if args.dataset == "fake" or not isinstance(recorded, str) or not recorded.strip():
         return True
     args.data = recorded
-    print0(f"--data {recorded}: where the run read {args.dataset} (only read from; override with --data)")
+    print0(
+        f"--data {recorded}: where the run read {args.dataset} (images are read from {recorded} only, never downloaded "
+        "there; override with --data)"
+    )
     return False
 
 
@@ -375,8 +378,7 @@ def within_epoch(save, path: str, epoch: int, done: int, batches: int, step: int
         save(epoch, done, totals)
     if common.stop_requested():
         save(epoch, done, totals)
-        common.STOP["saved"] = path
-        raise common.Interrupted()
+        stop_if_requested(path)
 
 
 def stop_if_requested(path: str) -> None:

@@ -81,16 +81,17 @@ class Pipeline:
     def __init__(self, build, normalize: "_Normalize | None", augment: bool):
         self.build, self.normalize, self.augment, self._compose = build, normalize, augment, None
 
+    def built(self):
+        if self._compose is None:
+            self._compose = self.build()
+        return self._compose
+
     @property
     def transforms(self) -> list:
-        if self._compose is None:
-            self._compose = self.build()
-        return self._compose.transforms
+        return self.built().transforms
 
     def __call__(self, image):
-        if self._compose is None:
-            self._compose = self.build()
-        return self._compose(image)
+        return self.built()(image)
 
 
 class _Normalize:
@@ -235,7 +236,7 @@ def _load_cifar(name: str, root: str, train: bool, download: bool = True) -> Ten
             ) from None
         if not download:  # the path came from a file (a checkpoint's config): read there, never download there
             raise DataError(
-                f"{name}: not found under {root!r}, the directory the supernet run read it from; pass --data DIR "
+                f"{name}: not found under {root!r}, the directory the run recorded; pass --data DIR "
                 "(nothing is downloaded into a path read from a file)"
             )
         # Absent: try torchvision's download once, with a socket timeout so an offline machine fails in seconds.

@@ -246,46 +246,31 @@ def _readers(text: str) -> list[str]:
     return names
 
 
-def _read_config(path) -> dict:
-    """A run's config.json as a dict, or {} when it is absent or unreadable (the caller says what it then uses)."""
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (TypeError, OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+def default_dataset(args, found: dict | None) -> tuple[str | None, str | None]:
+    """Fill --dataset when it is not given -> (the line that says what was taken or None, the supernet run's --data).
 
-
-def default_data(args, found: dict | None) -> tuple[str | None, bool]:
-    """Fill --dataset and --data when they are not given -> (the line that says what was taken or None, download).
-
-    --dataset: with --ckpt-search the dataset the supernet was trained on (its run's config.json), else the space's
-    own: imagenet for --space mobilenet and for the darts imagenet variant (224 px), cifar10 for the rest.
-    --data: where that dataset was read before (a resumed retrain's own run, or the supernet run when its dataset
-    is taken), else ./data. A path read from a file is only read from: download is False, nothing is fetched there.
+    With --ckpt-search: the dataset the supernet was trained on (its run's config.json), and the directory it was
+    read from, for checkpoint.data_dir. Otherwise the space's own: imagenet for --space mobilenet and for the darts
+    imagenet variant (224 px), cifar10 for the rest.
     """
     took, recorded = None, None
     if args.dataset is None and found is not None:
         supernet = found.get("ckpt")
         path = os.path.join(os.path.dirname(supernet), "config.json") if isinstance(supernet, str) else None
-        config = _read_config(path)
+        try:
+            with open(path) as f:
+                config = json.load(f)
+        except (TypeError, OSError, ValueError):
+            config = None
+        config = config if isinstance(config, dict) else {}
         if config.get("dataset") in DATASETS:
             args.dataset, recorded = config["dataset"], config.get("data")
             took = f"retrain.py: --dataset {args.dataset}, the supernet run's ({path}); override with --dataset"
         else:
             took = f"retrain.py: no config.json of the supernet run beside {supernet}: the space's dataset (or --dataset)"
-    if args.resume and args.out:  # a resumed run reads where it read before
-        recorded = _read_config(os.path.join(args.out, "config.json")).get("data", recorded)
     if args.dataset is None:
         args.dataset = "imagenet" if args.space == "mobilenet" or args.variant == "imagenet" else "cifar10"
-    if args.data is not None:
-        return took, True
-    if args.dataset != "fake" and isinstance(recorded, str) and recorded.strip():
-        args.data = recorded
-        where = f"read from {recorded}, where it was read before (override with --data; nothing is downloaded there)"
-        return (f"{took}; {where}" if took else f"retrain.py: {where}"), False
-    args.data = "./data"
-    return took, True
+    return took, recorded
 
 
 def fill_recipe(args) -> None:
@@ -504,7 +489,7 @@ def start_or_resume(args, ckpt, raw_model, optimizer, d, arch_text: str) -> tupl
 def main():
     args = p.parse_args()
     space, arch, found = resolve_arch(args)
-    took, download = default_data(args, found)  # the flags, else the supernet run's, else the space's own
+    took, run_data = default_dataset(args, found)  # the flag, else the supernet run's, else the space's own
     arch_text = space.format(arch)
     if args.out is None:
         arch_hash = hashlib.sha1(arch_text.encode()).hexdigest()[:8]
@@ -512,6 +497,7 @@ def main():
     if args.count_only:
         if took:
             print(took)
+        checkpoint.data_dir(args, None, run_data)  # --data, else where the supernet run read it, else ./data
         return count_only(args, space, arch)
 
     # ------------------------------------------------------------------------------------------
@@ -523,6 +509,7 @@ def main():
     ckpt = checkpoint.open_run(args, ckpt_path, RUN_FLAGS | {"arch", "genotype", "ckpt_search"}, p)
     if ckpt is not None and ckpt["arch"] != arch_text:
         raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_text}")
+    download = checkpoint.data_dir(args, ckpt, run_data)  # --data, else where this run or the supernet run read
     fill_recipe(args)
 
     # ------------------------------------------------------------------------------------------
