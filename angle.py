@@ -176,21 +176,6 @@ def _fixed_names(state: dict, args: dict) -> tuple[list[str], list[str]]:
     return list(HEAD) + list(TAIL), [n for n in parameter_names(state) if n.startswith(reduce)]
 
 
-def movement(w0: dict, wt: dict, args: dict) -> dict[str, float]:
-    """How far each part of the supernet has moved from W0, in degrees: stem + head, reduction blocks, cell ops.
-
-    The cell ops are all conv weights of all searchable cells (every candidate op, sampled or not). Logged beside
-    the tau by train.py --track-tau so the tau-vs-epoch curve of each vector variant can be read.
-    """
-    ends, reductions = _fixed_names(w0, args)
-    cells = [n for n in parameter_names(w0) if n.startswith("cells.") and ".edges." in n]
-    moved = {}
-    for part, names in (("stem+head", ends), ("reductions", reductions), ("cell ops", cells)):
-        dot, sq0, sqt = to_host(segment_stats([w0[n] for n in names], [wt[n] for n in names]))[0].tolist()
-        moved[part] = float(np.degrees(angle_from(dot, sq0, sqt)))
-    return moved
-
-
 # ----------------------------------------------------------------------------------------------
 # RLNAS: the fast implementation. Because the vector is a concatenation of segments,
 #   <V0, Vt> = sum over segments s (with multiplicity) of <w0_s, wt_s>,
@@ -240,3 +225,23 @@ class AngleScorer:
 
     def angle(self, arch) -> float:
         return float(self.angles([arch])[0])
+
+
+# ==============================================================================================
+# Machinery below: not needed to follow the method. A diagnostic of train.py --track-tau.
+# ==============================================================================================
+
+
+def movement(w0: dict, wt: dict, args: dict) -> dict[str, float]:
+    """How far each part of the supernet has moved from W0, in degrees: stem + head, reduction blocks, cell ops.
+
+    The cell ops are all conv weights of all searchable cells (every candidate op, sampled or not). Logged beside
+    the tau by train.py --track-tau so the tau-vs-epoch curve of each vector variant can be read.
+    """
+    ends, reductions = _fixed_names(w0, args)
+    cells = [n for n in parameter_names(w0) if n.startswith("cells.") and ".edges." in n]
+    moved = {}
+    for part, names in (("stem+head", ends), ("reductions", reductions), ("cell ops", cells)):
+        dot, sq0, sqt = to_host(segment_stats([w0[n] for n in names], [wt[n] for n in names]))[0].tolist()
+        moved[part] = float(np.degrees(angle_from(dot, sq0, sqt)))
+    return moved

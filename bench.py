@@ -7,7 +7,7 @@ Not part of the method and not a test: it prints ratios, so a noisy machine shif
    per step as train.py) and peak memory, beside a plain single-path forward of the same network, and beside the
    official code's figure on this kind of machine (about 174 images/s with 2 threads; target 1.2x).
 2. Data pipeline: one epoch of CIFAR-sized images through torchvision's per-image transforms in a DataLoader,
-   against the batched tensor path (data.TensorBatches); the data share of a training step; and training steps fed
+   against the batched tensor path (loaders.TensorBatches); the data share of a training step; and training steps fed
    by the tensor path against the same steps on one fixed batch (what the data path costs end to end).
 3. Angle: all 15,625 NB201 architectures ranked from checkpoint files, and the per-architecture speed-up of
    angle.AngleScorer over the literal reference angle.angle_reference.
@@ -31,12 +31,16 @@ import time
 
 import torch
 
-import common
+import checkpoint
+import cli
+import distributed
+import files
 import search
 from angle import AngleScorer, angle_reference
 from darts import darts_angle_reference
-from data import Relabeled, TensorBatches, load_dataset, make_loader
+from data import Relabeled, load_dataset
 from evolution import evolve, rank
+from loaders import TensorBatches, make_loader
 from mobilenet import mb_angle_reference
 from spaces import SPACES
 from supernet import OPS, Supernet, all_archs, sample_path
@@ -106,12 +110,12 @@ def bench_data(device, images: int) -> tuple[float, float]:
 
 
 def bench_fed_training(device, steps: int) -> float:
-    """Training images/s with the batches drawn by data.TensorBatches, in train.py's layout and loop (running sums on
+    """Training images/s with the batches drawn by loaders.TensorBatches, in train.py's layout and loop (running sums on
     the device, no logging). Unlike bench_data, which times the data loop alone, this includes every wait the data
     path makes the host do while the device trains: a per-batch host-to-device copy costs nothing in a data loop,
     but it stalls a training loop until the device has finished the step before."""
     torch.manual_seed(0)
-    fmt = common.memory_format("auto", device)
+    fmt = distributed.memory_format("auto", device)
     net = Supernet().to(device).to(memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, nesterov=True, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(0)
@@ -137,8 +141,8 @@ def write_checkpoints(folder: str) -> str:
     net = Supernet()
     w0 = {k: v.clone() for k, v in net.state_dict().items()}
     wt = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in w0.items()}
-    fp = common.state_fingerprint(w0)
-    common.atomic_save(
+    fp = files.state_fingerprint(w0)
+    files.atomic_save(
         {"stage": "init", "model": w0, "supernet_args": net.args, "fingerprint": fp}, os.path.join(folder, "supernet_init.pt")
     )
     ckpt = {
@@ -148,13 +152,13 @@ def write_checkpoints(folder: str) -> str:
         "epoch": 1,
         "w0": {"file": "supernet_init.pt", "fingerprint": fp},
     }
-    common.atomic_save(ckpt, os.path.join(folder, "supernet.pt"))
+    files.atomic_save(ckpt, os.path.join(folder, "supernet.pt"))
     return os.path.join(folder, "supernet.pt")
 
 
 def bench_search(ckpt: str) -> dict:
     t0 = time.perf_counter()
-    w0, wt, args, _ = search.load_supernet_pair(ckpt, None)
+    w0, wt, args, _ = checkpoint.load_supernet(ckpt, None, SPACES)
     scorer = AngleScorer(w0, wt, args)
     archs = all_archs()
     ranked = rank(dict(zip(archs, scorer.angles(archs).tolist())), search.tie_key)
@@ -169,7 +173,7 @@ def bench_search(ckpt: str) -> dict:
         angle_reference(w0, wt, a, args)
     ref_per_arch = (time.perf_counter() - t0) / len(sample)
     t0 = time.perf_counter()
-    w0, wt, args, _ = search.load_supernet_pair(ckpt, None)
+    w0, wt, args, _ = checkpoint.load_supernet(ckpt, None, SPACES)
     scorer = AngleScorer(w0, wt, args)
     result = evolve(
         [list(range(len(OPS)))] * 6,
@@ -235,12 +239,12 @@ def bench_space(device, net_args: dict, batch: int, steps: int, limit_m: float |
     return out
 
 
-def main():
-    p = common.Parser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = cli.Parser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="fewer steps and images: a smoke run")
-    args = p.parse_args()
-    device = common.resolve_device(args.device)
+    args = p.parse_args(argv)
+    device = distributed.resolve_device(args.device)
     steps, images = (3, 1024) if args.quick else (30, 10000)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name} | torch {torch.__version__}")
@@ -322,4 +326,4 @@ def main():
 
 
 if __name__ == "__main__":
-    common.run(main)  # e.g. --device cuda without a GPU: one line, exit status 2
+    cli.run(main)  # e.g. --device cuda without a GPU: one line, exit status 2

@@ -41,8 +41,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-import common
-from data import Relabeled, epoch_loader, in_memory, load_dataset, split_indices, subset_indices
+import cli
+from angle import VECTORS, AngleScorer, movement
+from cli import UsageError, format_time, print0
+from data import DATASETS, Relabeled, load_dataset, split_indices, subset_indices
+from loaders import epoch_loader, in_memory
+from rundir import is_search_output
+from supernet import all_archs, str_to_arch
 
 # CSV column of the 200-epoch test accuracy (percent) for each dataset key used on the command line.
 COLUMNS = {
@@ -55,7 +60,7 @@ ARCH_COLUMN = "ArchitectureString"
 SHIPPED = {"nb201": os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "nb201_accuracy.csv.gz")}
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UsageError, ValueError):
     """A benchmark file or lookup the user got wrong; the message is one line meant to be printed as is."""
 
 
@@ -244,6 +249,37 @@ def default_benchmark(space_name: str) -> str | None:
     return path
 
 
+def track_tau(args):
+    """train.py --track-tau (a diagnostic): tau(w0, model, epoch) -> the fields of that epoch's log line: Kendall
+    tau-b of the angle of all 15,625 NB201 cells against the benchmark's accuracy column of the training dataset
+    ("tau" of --vector, "tau_vectors" of every weight-vector variant; None while undefined) and "moved" (how far
+    each part of the supernet is from W0, in degrees); {} without the flag, off its epochs and off the master. The
+    benchmark is read at once, before anything runs: a bad file fails in one line."""
+    if not args.track_tau:
+        return lambda w0, model, epoch: {}
+    if args.space != "nb201":
+        raise UsageError("--track-tau needs the NB201 benchmark: use it with --space nb201")
+    bench = load_benchmark(default_benchmark("nb201") if args.track_tau == "default" else args.track_tau, str_to_arch)
+    column = args.dataset if args.dataset in bench.acc else next(iter(bench.acc))
+
+    def tau(w0: dict, model, epoch: int) -> dict:
+        if epoch % args.track_every or not cli.MASTER:
+            return {}
+        # epoch 0: W0 against itself, every angle is 0, so tau is undefined (None) and nothing has moved
+        wt, archs, taus = {k: v.detach().cpu() for k, v in model.state_dict().items()}, all_archs(), {}
+        for vector in VECTORS:
+            value = bench.tau(dict(zip(archs, AngleScorer(w0, wt, model.args, vector).angles(archs).tolist())), column)
+            taus[vector] = None if math.isnan(value) else value
+        moved = movement(w0, wt, model.args)
+        shown = "undefined" if taus[args.vector] is None else f"{taus[args.vector]:+.4f}"
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in moved.items())
+        if epoch:
+            print0(f"epoch {epoch}/{args.epochs} | Kendall tau-b of the angle ({args.vector}) vs {column}: {shown} | moved (degrees): {parts}")  # noqa: E501
+        return {"tau": taus[args.vector], "tau_vectors": taus, "moved": moved}
+
+    return tau
+
+
 # ------------------------------------------------------------
 # Baselines: the fitnesses the angle is compared with (paper Table 1)
 # ------------------------------------------------------------
@@ -257,6 +293,26 @@ def params_fitness(space, net_args: dict):
 def random_fitness(seed: int):
     """Random search. The score is a function of (seed, arch) only, so a resumed search sees the same one."""
     return lambda archs: [float(np.random.default_rng([seed & 0xFFFFFFFF, *a]).random()) for a in archs]
+
+
+def data_settings(config: dict) -> dict:
+    """The data settings of a supernet run's config (its checkpoint's), checked as train.py's flags check them: an
+    edited file never makes --fitness accuracy read a huge, negative or unknown thing."""
+    checks = {
+        "dataset": lambda v: v in DATASETS,
+        "data": lambda v: isinstance(v, str) and v.strip() != "",
+        "image_size": lambda v: v is None or (type(v) is int and 1 <= v <= cli.MAX_IMAGE_SIZE),
+        "fake_images": lambda v: type(v) is int and 1 <= v <= 10**6,
+        "data_seed": lambda v: type(v) is int and 0 <= v <= cli.SEED_MAX,
+        "split": lambda v: v in ("auto", "half", "full"),
+        "space": lambda v: isinstance(v, str),
+    }
+    for key, ok in checks.items():
+        if key in config and not ok(config[key]):
+            raise UsageError(f"the checkpoint's config is damaged or was edited: its --{key.replace('_', '-')} is {cli.shorten(repr(config[key]), 80)}; use the file train.py wrote")  # noqa: E501
+    if "dataset" not in config or "data" not in config:
+        raise UsageError("the checkpoint's config names no dataset; use the file train.py wrote")
+    return config
 
 
 class OneShotAccuracy:
@@ -285,6 +341,7 @@ class OneShotAccuracy:
         self.device, self.space, self.net_args = device, space, net_args
         self.net = space.supernet(net_args).to(device)
         self.net.load_state_dict(wt)
+        config = data_settings(config)
         # Without --data the images are read where the supernet run read them; a path found in a file is only
         # ever read from: nothing is downloaded into it (data.py:load_dataset, download=False).
         name, root = config["dataset"], data or config["data"]
@@ -322,7 +379,7 @@ class OneShotAccuracy:
                 rate = n / (time.time() - t0)
                 print(
                     f"  one-shot accuracy: {n}/{len(archs)} candidates | {rate:.2f}/s | "
-                    f"ETA {common.format_time((len(archs) - n) / rate)}",
+                    f"ETA {format_time((len(archs) - n) / rate)}",
                     flush=True,
                 )
             for m in self.net.modules():  # BN recalibration: forget the supernet's statistics, average afresh
@@ -409,8 +466,7 @@ def plot(folder: str, fitness: str, train_log: str, bench, scores: dict, winner,
         ax.set_title(f"{fitness} vs {col}: Kendall tau-b {report[col]['kendall_tau_b']:+.3f} ({len(archs):,} cells)")
         ax.legend(loc="best", fontsize=8, framealpha=0.9)
         fig.tight_layout()
-        written.append(os.path.join(folder, f"{fitness}_vs_{col}.png"))
-        fig.savefig(written[-1])
+        _save_png(fig, os.path.join(folder, f"{fitness}_vs_{col}.png"), written)
         plt.close(fig)
     points = []
     if os.path.isfile(train_log):
@@ -425,7 +481,20 @@ def plot(folder: str, fitness: str, train_log: str, bench, scores: dict, winner,
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        written.append(os.path.join(folder, "tau_vs_epoch.png"))
-        fig.savefig(written[-1])
+        _save_png(fig, os.path.join(folder, "tau_vs_epoch.png"), written)
         plt.close(fig)
     print("plots: " + (", ".join(written) if written else "nothing to plot (no benchmark, and no --track-tau in training)"))
+
+
+def _save_png(fig, path: str, written: list[str]) -> None:
+    """Write a plot atomically, marked as search.py's (its PNG metadata), and never over a file search.py did not
+    write: that one is left as it is, with a line saying so."""
+    if os.path.lexists(path) and not is_search_output(path):
+        print(f"not replaced: {path} (a file search.py did not write); move it to get this plot")
+        return
+    tmp = f"{path}.tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    fig.savefig(tmp, format="png", metadata={"Software": "rlnas search.py"})
+    os.replace(tmp, path)
+    written.append(path)

@@ -1,32 +1,21 @@
 """SPOS-style evolutionary search over a fixed-length integer encoding: the search step of RLNAS.
 
-RLNAS finds its architecture in two steps: train a supernet on random labels, then run an
-evolutionary search over its sub-networks, using as fitness the angle between each candidate's
-weights at initialisation and after training (angle.py). This module is the second step's loop.
-It knows nothing about networks: an architecture is a tuple of ints, one gene per decision
-(6 op indices for NAS-Bench-201, 28 for the DARTS space, 21 block choices for MobileNet), and the
-fitness is a function of a batch of such tuples. The loop is the one of Single Path One-Shot:
+The second step of RLNAS: an evolutionary search over the supernet's sub-networks, with the angle between each
+candidate's weights at initialisation and after training as fitness (angle.py). It knows nothing about networks: an
+architecture is a tuple of ints, one gene per decision (6 op indices for NAS-Bench-201, 28 for the DARTS space, 21
+block choices for MobileNet), and the fitness is a function of a batch of such tuples.
 
-  - Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021, arXiv:2101.11834,
-    the search step of the method (evolution with the angle as fitness; docs/method.md §5 lists the
-    official settings per search space).
-  - The evolution itself is SPOS's: "Single Path One-Shot Neural Architecture Search with Uniform
-    Sampling", Guo et al., ECCV 2020, arXiv:1904.00420 (its search.py), which the official RLNAS
-    search scripts copy. The deliberate differences from that code are marked "SPOS:" below.
-  - The official RLNAS scripts build a generation in one of two ways, and evolve() follows both:
-    NB201 and DARTS draw mutants until their quota is met, then crossovers (a bounded number of
-    draws), then random archs until the population is full; MobileNet draws crossovers first, then
-    population - #crossovers mutants, then random archs, each in a bounded number of draws
-    (crossover_first=True). Where the official loop would spin forever (an exhausted space), a guard
-    draws what is left directly, so it stops only when nothing is left (_collect, _leftovers).
+Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021, arXiv:2101.11834, the search step
+(method.md §5: the official settings per space). The evolution is that of "Single Path One-Shot Neural Architecture
+Search with Uniform Sampling", Guo et al., ECCV 2020, arXiv:1904.00420 (its search.py, which the official RLNAS
+scripts copy); the deliberate differences from it are marked "SPOS:" below.
 
-How it is used (search.py does this, with fitness = the batched angle against W0):
+Read from here to generations(), the loop (score, select, breed), and evolve(), which runs it to the end. Below the
+divider: the guard that stops the official loops' endless draws on an exhausted space, and the settings checks.
 
     from evolution import evolve
     result = evolve([[0, 1, 2, 3, 4]] * 6, fitness, mutation_choices=[[1, 2, 3, 4]] * 6, seed=0)
     winner = result.archive[0]          # largest fitness; result.evaluated holds every score
-
-Check it with: python -m pytest -q tests/test_evolution.py
 """
 
 from __future__ import annotations
@@ -34,66 +23,11 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterable
+from typing import Callable, Hashable, Iterable, Iterator
 
 import numpy as np
 
 Arch = tuple[int, ...]  # one value per gene; hashable, so it is the key of every score dictionary
-# What a candidate generator can produce, for the exhaustion guard: a mixture of product distributions, each a
-# weight and one {value: probability} dict per gene (a random arch: one uniform product; a mutant: one per parent).
-Mixture = list[tuple[float, list[dict[int, float]]]]
-
-# The exhaustion guard of the official loops that draw until their quota is met (_collect): after STALL misses in
-# a row per candidate wanted, the rest is drawn from what the generator can still produce, listed exhaustively when
-# it reaches at most ENUMERATE_LIMIT raw archs (NB201's 15,625 and the tests' spaces). A larger reach (DARTS 8^28,
-# MobileNet 6^6 7^15) cannot be listed: there the guard takes the space as exhausted. Measured on tiny checkpoints
-# with the default settings, the longest run of misses is 172-386 (NB201, quota 50) and 2 (DARTS, quota 25).
-STALL = 100
-ENUMERATE_LIMIT = 1_000_000
-
-
-# ------------------------------------------------------------
-# Ranking: sort by fitness, with a deterministic rule for (near-)ties
-# ------------------------------------------------------------
-
-
-def rank(scores: dict[Arch, float], tie_key: Callable[[Arch], Hashable] | None = None, tol: float = 1e-9) -> list[Arch]:
-    """Archs sorted by score, best (largest) first; scores within `tol` of a group's top are tied.
-
-    Ties are common in RLNAS: every disconnected NB201 cell has angle exactly 0 (method.md pitfall 7), and
-    float noise can separate two archs whose weight vectors are equal. Walking the descending list, a
-    new tie group starts when a score is more than `tol` below the FIRST (highest) score of the
-    current group; inside a group archs are ordered by `tie_key(arch)` ascending (default: the tuple),
-    with the tuple as a last resort, so the result depends only on the dict's content, never on its
-    insertion order. That is what lets a resumed search retrace the same trajectory.
-    """
-    if any(math.isnan(s) for s in scores.values()):
-        raise ValueError("rank: a score is NaN, so the order would be arbitrary")
-    key = tie_key if tie_key is not None else (lambda arch: arch)
-    # Descending by score; the tuple breaks exact ties only so that this first pass is deterministic.
-    ordered = sorted(scores, key=lambda arch: (-scores[arch], arch))
-    groups: list[list[Arch]] = []
-    for arch in ordered:
-        # "first - s > tol" rather than "s < first - tol": identical for finite scores, and two -inf stay tied.
-        if not groups or scores[groups[-1][0]] - scores[arch] > tol:
-            groups.append([arch])
-        else:
-            groups[-1].append(arch)
-    return [arch for group in groups for arch in sorted(group, key=lambda arch: (key(arch), arch))]
-
-
-def tie_group(ordered: list[Arch], scores: dict[Arch, float], tol: float = 1e-9) -> list[Arch]:
-    """The winner's tie group: the leading archs of a `rank`ed list that score within `tol` of its best score."""
-    if not ordered:
-        return []
-    # Inside a group tie_key decides the order, so ordered[0] need not hold the group's highest score: use the max.
-    top = max(scores[arch] for arch in ordered)
-    group = []
-    for arch in ordered:
-        if top - scores[arch] > tol:
-            break
-        group.append(arch)
-    return group
 
 
 # ------------------------------------------------------------
@@ -128,6 +62,181 @@ def _crossover(mother: Arch, father: Arch, rng: np.random.Generator) -> Arch:
     take_mother = rng.random(len(mother)) < 0.5
     return tuple(m if t else f for m, f, t in zip(mother, father, take_mother))
     # EXERCISE 6 END
+
+
+# ------------------------------------------------------------
+# The evolutionary loop
+# ------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    """What generations() yields after each generation is scored (search.py logs it and writes search.json)."""
+
+    index: int  # 0-based
+    candidates: list[Arch]  # scored (or taken from memo) this generation, in order
+    archive: list[Arch]  # the elitist top-k archive after this generation, ranked
+    evaluated: dict[Arch, float]  # every arch scored so far (insertion order = evaluation order)
+    made: dict[str, int] = field(default_factory=dict)  # how the candidates were made: mutation, crossover, random
+
+
+def generations(
+    choices: list[list[int]],
+    fitness: Callable[[list[Arch]], Iterable[float]],
+    *,
+    population: int = 100,
+    topk: int = 30,
+    mutations: int = 50,
+    crossovers: int = 50,
+    mutation_prob: float = 0.1,
+    generations: int = 20,
+    mutation_choices: list[list[int]] | None = None,
+    crossover_first: bool = False,
+    constraint: Callable[[Arch], bool] | None = None,
+    repair: Callable[[Arch], Arch] | None = None,
+    tie_key: Callable[[Arch], Hashable] | None = None,
+    tie_tol: float = 1e-9,
+    seed: int = 0,
+    memo: dict[Arch, float] | None = None,
+) -> Iterator[Generation]:
+    """Maximise `fitness` over archs whose gene g takes values in `choices[g]`, one Generation yielded per generation;
+    the defaults are RLNAS's NB201 settings (method.md §5). evolve() runs it to the end.
+
+    fitness(list of archs) -> one float per arch, larger is better; called once per generation, with only the archs
+    never scored before and not in `memo` (arch -> score of an interrupted search of the same seed and settings: the
+    run replays the same trajectory). constraint(arch) -> bool rejects a candidate before it is scored; repair(arch)
+    fixes every new candidate first. A generation after the first is built as the official loop of the space does:
+    crossover_first=False (NB201, DARTS): `mutations` mutants, then `crossovers` children from at most
+    10 x (crossovers + 1) draws, then random archs up to `population`; crossover_first=True (MobileNet): the
+    children first (1000 draws each), then population - #children mutants, then random archs (_offspring).
+    """
+    choices, mutation_choices = _check_settings(choices, mutation_choices, population, topk, generations, mutations,
+                                                crossovers, mutation_prob)  # fmt: skip
+    # All randomness comes from this one local generator (no global seeding, STYLE point 10). The fitness never
+    # touches it, so the trajectory is a pure function of the seed and the scores: a resumed run replays it.
+    rng = np.random.default_rng(seed)
+    memo = {} if memo is None else {tuple(arch): float(score) for arch, score in memo.items()}
+    gate = _Gate(len(choices), repair, constraint)  # repair, then no duplicates, then the FLOPs limit
+    evaluated: dict[Arch, float] = {}
+    archive: list[Arch] = []
+
+    # RLNAS: generation 0 is `population` uniform random archs (the official loops draw until they have them; an
+    # impossible constraint or too small a space fails here with a message instead of hanging: _random_fill).
+    candidates = _random_fill(choices, population, gate, rng, tries=None)
+    if len(candidates) < population:
+        raise ValueError(f"evolve: only {len(candidates)} of {population} initial architectures found: no architecture "
+                         "meets the constraint, or the search space is smaller than the population")  # fmt: skip
+    made = {"mutation": 0, "crossover": 0, "random": len(candidates)}
+
+    for index in range(generations):
+        # ---- score: one batched fitness call for what neither this run nor the memo has scored. SPOS scores each
+        # candidate as soon as it is generated; batching changes nothing in the trajectory (parents only come from
+        # the archive, updated once per generation) and lets the angle of the whole generation be one computation.
+        evaluated.update(_score(candidates, memo, fitness))
+
+        # ---- select: RLNAS/SPOS keep an ELITIST top-k archive across generations. Merging the old archive with the
+        # new candidates means the best arch found so far is never lost to an unlucky generation, and parents are
+        # always drawn from the best `topk` seen so far.
+        archive = rank({arch: evaluated[arch] for arch in archive + candidates}, tie_key, tie_tol)[:topk]
+        yield Generation(index, list(candidates), list(archive), dict(evaluated), dict(made))
+        # SPOS builds the next offspring at the end of every iteration, the last one included, and scores them while
+        # building, so that last batch is scored but never selected from. Stopping here keeps the budget at
+        # population x generations (2,000 on NB201).
+        if index == generations - 1:
+            break
+
+        # ---- reproduce: mutants and crossovers of parents drawn uniformly from the archive, then random archs.
+        def mutant() -> Arch:
+            return _mutate(archive[rng.integers(len(archive))], mutation_choices, mutation_prob, rng)
+
+        def child() -> Arch:
+            return _crossover(archive[rng.integers(len(archive))], archive[rng.integers(len(archive))], rng)
+
+        mutants, children = _offspring(mutant, child, archive, mutation_choices, mutation_prob, gate, rng, population,
+                                       mutations, crossovers, crossover_first)  # fmt: skip
+        candidates = mutants + children  # the official order of the list, in both loops
+        randoms = _random_fill(choices, population - len(candidates), gate, rng, tries=1000 * population if crossover_first else None)  # noqa: E501
+        candidates += randoms
+        made = {"mutation": len(mutants), "crossover": len(children), "random": len(randoms)}
+        if not candidates:  # every reachable arch has been visited: the space is exhausted
+            break
+
+
+@dataclass
+class Result:
+    archive: list[Arch]  # final ranked top-k archive; archive[0] is the winner
+    evaluated: dict[Arch, float]  # every arch the trajectory scored, memo hits included, in trajectory order
+    generations: int  # generations actually run (fewer than asked if the space ran out)
+
+
+def evolve(choices, fitness, *, on_generation: Callable[[Generation], None] | None = None, **settings) -> Result:
+    """generations() run to its end; on_generation(gen) after each generation. Returns the final archive."""
+    for gen in generations(choices, fitness, **settings):
+        if on_generation is not None:
+            on_generation(gen)
+    return Result(archive=gen.archive, evaluated=gen.evaluated, generations=gen.index + 1)
+
+
+# ------------------------------------------------------------
+# Ranking: sort by fitness, with a deterministic rule for (near-)ties
+# ------------------------------------------------------------
+
+
+def rank(scores: dict[Arch, float], tie_key: Callable[[Arch], Hashable] | None = None, tol: float = 1e-9) -> list[Arch]:
+    """Archs sorted by score, best (largest) first; scores within `tol` of a group's top are tied.
+
+    Ties are common in RLNAS: every disconnected NB201 cell has angle exactly 0 (method.md pitfall 7), and
+    float noise can separate two archs whose weight vectors are equal. Walking the descending list, a
+    new tie group starts when a score is more than `tol` below the FIRST (highest) score of the
+    current group; inside a group archs are ordered by `tie_key(arch)` ascending (default: the tuple),
+    with the tuple as a last resort, so the result depends only on the dict's content, never on its
+    insertion order. That is what lets a resumed search retrace the same trajectory.
+    """
+    if any(math.isnan(s) for s in scores.values()):
+        raise ValueError("rank: a score is NaN, so the order would be arbitrary")
+    key = tie_key if tie_key is not None else (lambda arch: arch)
+    # Descending by score; the tuple breaks exact ties only so that this first pass is deterministic.
+    ordered = sorted(scores, key=lambda arch: (-scores[arch], arch))
+    groups: list[list[Arch]] = []
+    for arch in ordered:
+        # "first - s > tol" rather than "s < first - tol": identical for finite scores, and two -inf stay tied.
+        if not groups or scores[groups[-1][0]] - scores[arch] > tol:
+            groups.append([arch])
+        else:
+            groups[-1].append(arch)
+    return [arch for group in groups for arch in sorted(group, key=lambda arch: (key(arch), arch))]
+
+
+# ==============================================================================================
+# Machinery below: not needed to follow the method. The exhaustion guard (where the official loop would draw
+# forever on an exhausted space), the gate every candidate passes, the settings checks.
+# ==============================================================================================
+
+# What a candidate generator can produce, for the exhaustion guard: a mixture of product distributions, each a
+# weight and one {value: probability} dict per gene (a random arch: one uniform product; a mutant: one per parent).
+Mixture = list[tuple[float, list[dict[int, float]]]]
+
+# The exhaustion guard of the official loops that draw until their quota is met (_collect): after STALL misses in
+# a row per candidate wanted, the rest is drawn from what the generator can still produce, listed exhaustively when
+# it reaches at most ENUMERATE_LIMIT raw archs (NB201's 15,625 and the tests' spaces). A larger reach (DARTS 8^28,
+# MobileNet 6^6 7^15) cannot be listed: there the guard takes the space as exhausted. Measured on tiny checkpoints
+# with the default settings, the longest run of misses is 172-386 (NB201, quota 50) and 2 (DARTS, quota 25).
+STALL = 100
+ENUMERATE_LIMIT = 1_000_000
+
+
+def tie_group(ordered: list[Arch], scores: dict[Arch, float], tol: float = 1e-9) -> list[Arch]:
+    """The winner's tie group: the leading archs of a `rank`ed list that score within `tol` of its best score."""
+    if not ordered:
+        return []
+    # Inside a group tie_key decides the order, so ordered[0] need not hold the group's highest score: use the max.
+    top = max(scores[arch] for arch in ordered)
+    group = []
+    for arch in ordered:
+        if top - scores[arch] > tol:
+            break
+        group.append(arch)
+    return group
 
 
 def _uniform(values: list[int]) -> dict[int, float]:
@@ -271,145 +380,32 @@ def _score(candidates: list[Arch], memo: dict[Arch, float], fitness) -> dict[Arc
     return {arch: fresh[arch] if arch in fresh else memo[arch] for arch in candidates}
 
 
-# ------------------------------------------------------------
-# The evolutionary loop
-# ------------------------------------------------------------
+def _random_fill(choices, n: int, gate: _Gate, rng: np.random.Generator, tries: int | None) -> list[Arch]:
+    """Up to `n` new uniform random archs; tries=None draws until they are found (NB201, DARTS), with the guard."""
+
+    def more_random(k: int) -> list[Arch]:  # the exhaustion guard's view of _random_arch: one uniform product
+        return _leftovers([(1.0, [_uniform(values) for values in choices])], k, gate, rng)
+
+    return _collect(lambda: _random_arch(choices, rng), max(0, n), gate.admit, tries=tries, leftovers=more_random)
 
 
-@dataclass
-class Generation:
-    """What on_generation receives after each generation is scored (search.py logs it and writes search.json)."""
+def _offspring(mutant, child, archive, mutation_choices, mutation_prob, gate, rng, population, mutations, crossovers,
+               crossover_first) -> tuple[list[Arch], list[Arch]]:  # fmt: skip
+    """(mutants, children) of one generation, drawn as the official loop of the space draws them."""
 
-    index: int  # 0-based
-    candidates: list[Arch]  # scored (or taken from memo) this generation, in order
-    archive: list[Arch]  # the elitist top-k archive after this generation, ranked
-    evaluated: dict[Arch, float]  # every arch scored so far (insertion order = evaluation order)
-    made: dict[str, int] = field(default_factory=dict)  # how the candidates were made: mutation, crossover, random
+    def more_mutants(n: int) -> list[Arch]:  # the guard's view of mutant(): one product per parent
+        return _leftovers(_mutant_reach(archive, mutation_choices, mutation_prob), n, gate, rng)
 
-
-@dataclass
-class Result:
-    archive: list[Arch]  # final ranked top-k archive; archive[0] is the winner
-    evaluated: dict[Arch, float]  # every arch the trajectory scored, memo hits included, in trajectory order
-    generations: int  # generations actually run (fewer than asked if the space ran out)
-
-
-def evolve(
-    choices: list[list[int]],
-    fitness: Callable[[list[Arch]], Iterable[float]],
-    *,
-    population: int = 100,
-    topk: int = 30,
-    mutations: int = 50,
-    crossovers: int = 50,
-    mutation_prob: float = 0.1,
-    generations: int = 20,
-    mutation_choices: list[list[int]] | None = None,
-    crossover_first: bool = False,
-    constraint: Callable[[Arch], bool] | None = None,
-    repair: Callable[[Arch], Arch] | None = None,
-    tie_key: Callable[[Arch], Hashable] | None = None,
-    tie_tol: float = 1e-9,
-    seed: int = 0,
-    memo: dict[Arch, float] | None = None,
-    on_generation: Callable[[Generation], None] | None = None,
-) -> Result:
-    """Maximise `fitness` over archs whose gene g takes values in `choices[g]`; the defaults are RLNAS's NB201 ones.
-
-    fitness(list of archs) -> one float per arch, larger is better; called at most once per generation,
-    with only the archs that were never scored before and are not in `memo`.
-    constraint(arch) -> bool rejects a candidate before it is scored; repair(arch) -> arch fixes every
-    new candidate first (it must map a valid arch to itself). memo maps arch -> score from an interrupted
-    run (search.json) of the same seed and settings: the run replays the same trajectory and only scores
-    what the memo lacks.
-
-    Each generation after the first is built as the official RLNAS loop of the space builds it:
-      crossover_first=False (NB201, DARTS): `mutations` mutants (always, unless the space runs out), then
-        `crossovers` children from at most 10 x (crossovers + 1) draws, then random archs up to `population`;
-      crossover_first=True (MobileNet): `crossovers` children from at most 1000 x crossovers draws, then
-        population - #children mutants from at most 1000 draws each (`mutations` is not used), then random archs
-        up to `population` from at most 1000 x population draws.
-    """
-    choices, mutation_choices = _check_settings(
-        choices, mutation_choices, population, topk, generations, mutations, crossovers, mutation_prob
-    )
-    # All randomness comes from this one local generator (no global seeding, STYLE point 10). The
-    # fitness never touches it, so the trajectory is a pure function of the seed and the scores:
-    # the same seed gives the same search, and a resumed run can replay an interrupted one.
-    rng = np.random.default_rng(seed)
-    memo = {} if memo is None else {tuple(arch): float(score) for arch, score in memo.items()}
-    gate = _Gate(len(choices), repair, constraint)  # repair, then no duplicates, then the FLOPs limit
-    evaluated: dict[Arch, float] = {}
-    archive: list[Arch] = []
-
-    def random_arch() -> Arch:
-        return _random_arch(choices, rng)
-
-    def more_random(n: int) -> list[Arch]:  # the exhaustion guard's view of random_arch: one uniform product
-        return _leftovers([(1.0, [_uniform(values) for values in choices])], n, gate, rng)
-
-    # RLNAS: generation 0 is `population` uniform random archs; the official loops draw until they have them.
-    # The guard stops the draws only once nothing is left, so too small a space or an impossible constraint
-    # fails here with a message instead of hanging (for DARTS and MobileNet, after STALL misses per arch wanted).
-    candidates = _collect(random_arch, population, gate.admit, leftovers=more_random)
-    if len(candidates) < population:
-        raise ValueError(
-            f"evolve: only {len(candidates)} of {population} initial architectures found: "
-            "no architecture meets the constraint, or the search space is smaller than the population"
-        )
-    made = {"mutation": 0, "crossover": 0, "random": len(candidates)}
-
-    index = 0
-    for index in range(generations):
-        # ---- score: one batched fitness call for what neither this run nor the memo has scored.
-        # SPOS: it scores each candidate as soon as it is generated; batching changes nothing in the
-        # trajectory (parents only come from the archive, updated once per generation) and lets the
-        # NB201 angle be computed for the whole generation at once.
-        evaluated.update(_score(candidates, memo, fitness))
-
-        # ---- select: RLNAS/SPOS keep an ELITIST top-k archive across generations. Merging the old
-        # archive with the new candidates means the best arch found so far can never be lost to an
-        # unlucky generation, and parents are always drawn from the best `topk` seen so far.
-        archive = rank({arch: evaluated[arch] for arch in archive + candidates}, tie_key, tie_tol)[:topk]
-        if on_generation is not None:
-            on_generation(Generation(index, list(candidates), list(archive), dict(evaluated), dict(made)))
-        # SPOS: its loop builds the next offspring at the end of every iteration, the last one included,
-        # and scores them while building (inside is_legal), so that last batch is scored but never
-        # selected from. Stopping here keeps the budget at population x generations (2,000 on NB201).
-        if index == generations - 1:
-            break
-
-        # ---- reproduce: mutants and crossovers from parents drawn uniformly from the archive, then random archs.
-        def mutant() -> Arch:
-            return _mutate(archive[rng.integers(len(archive))], mutation_choices, mutation_prob, rng)
-
-        def child() -> Arch:
-            return _crossover(archive[rng.integers(len(archive))], archive[rng.integers(len(archive))], rng)
-
-        def more_mutants(n: int) -> list[Arch]:  # the guard's view of mutant(): one product per parent
-            return _leftovers(_mutant_reach(archive, mutation_choices, mutation_prob), n, gate, rng)
-
-        if not crossover_first:
-            # RLNAS NB201 and DARTS: the official mutation loop lowers its counter (10 x the quota) only when
-            # it finds a new mutant, so it always delivers `mutations` of them; its crossover loop stops after
-            # crossovers + 1 batches of 10 draws; random archs are drawn until the population is full.
-            mutants = _collect(mutant, mutations, gate.admit, leftovers=more_mutants)
-            children = _collect(child, crossovers, gate.admit, tries=10 * (crossovers + 1))
-            fill_tries = None
-        else:
-            # RLNAS MobileNet: crossovers first, then as many mutants as the population still lacks, each loop
-            # with 1000 draws per candidate wanted; the random fill gets 1000 x population draws.
-            children = _collect(child, crossovers, gate.admit, tries=1000 * crossovers)
-            wanted = max(0, population - len(children))
-            mutants = _collect(mutant, wanted, gate.admit, tries=1000 * wanted)
-            fill_tries = 1000 * population
-        candidates = mutants + children  # the official order of the list, in both loops
-        randoms = _collect(
-            random_arch, max(0, population - len(candidates)), gate.admit, tries=fill_tries, leftovers=more_random
-        )
-        candidates += randoms
-        made = {"mutation": len(mutants), "crossover": len(children), "random": len(randoms)}
-        if not candidates:  # every reachable arch has been visited: the space is exhausted
-            break
-
-    return Result(archive=archive, evaluated=evaluated, generations=index + 1)
+    if not crossover_first:
+        # RLNAS NB201 and DARTS: the official mutation loop lowers its counter (10 x the quota) only when it finds a
+        # new mutant, so it always delivers `mutations` of them; its crossover loop stops after crossovers + 1
+        # batches of 10 draws
+        mutants = _collect(mutant, mutations, gate.admit, leftovers=more_mutants)
+        children = _collect(child, crossovers, gate.admit, tries=10 * (crossovers + 1))
+    else:
+        # RLNAS MobileNet: crossovers first, then as many mutants as the population still lacks, each loop with 1000
+        # draws per candidate wanted
+        children = _collect(child, crossovers, gate.admit, tries=1000 * crossovers)
+        wanted = max(0, population - len(children))
+        mutants = _collect(mutant, wanted, gate.admit, tries=1000 * wanted)
+    return mutants, children

@@ -38,8 +38,8 @@ import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-import common
-from common import UsageError
+import cli
+from cli import UsageError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -360,17 +360,17 @@ def grade(n: int, root: str = ROOT) -> int:
     return done.returncode if bad else 0
 
 
-p = common.Parser(description="Write a student copy of this repository with the chosen exercises removed (ASSIGNMENTS.md).")
+p = cli.Parser(prog="make_assignment.py", description="Write a student copy without the chosen exercises (ASSIGNMENTS.md).")
 p.add_argument("--out", default=None, help="directory of the student copy (must not exist, unless --force)")
 p.add_argument("--exercises", default=None, help="comma-separated exercise numbers, e.g. 1,3 (default: all)")
 p.add_argument("--force", action="store_true", help="replace an existing --out; with --restore, overwrite a student's code")
 p.add_argument("--list", action="store_true", help="print the exercises, where they are and the tests that grade them")
-p.add_argument("--grade", type=common.number(int), default=None, help="run the tests that grade exercise N (here)")
+p.add_argument("--grade", type=cli.number(int), default=None, help="run the tests that grade exercise N (here)")
 p.add_argument("--restore", default=None, metavar="DIR", help="put the reference code of --exercises back into a student copy")
 
 
-def main():
-    args = p.parse_args()
+def main(argv=None):
+    args = p.parse_args(argv)
     try:
         known = exercises(ROOT)
     except ValueError as err:
@@ -400,4 +400,4 @@ def main():
 
 
 if __name__ == "__main__":
-    common.run(main)
+    cli.run(main)

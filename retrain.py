@@ -15,6 +15,9 @@ Paper: "Neural Architecture Search with Random Labels", Zhang et al., CVPR 2021,
 arXiv:2101.11834, Sec. 4 (the evaluation of the searched architectures; method.md §6; NAS-Bench-201's
 protocol, Dong & Yang 2020).
 
+Read from here to main() and its loop: the data (real_label_data), the SGD (make_sgd, lr_at), one step (train_step),
+the test (evaluate), then main(). The run directory and the exact resume are behind the `run.` calls (checkpoint.py).
+
 The space comes from --space, or from the search.json (--ckpt-search), or is darts for --genotype; it is never
 guessed from the architecture string. Defaults follow the space: without --dataset, the MobileNet space and the
 DARTS imagenet variant retrain (and count) the ImageNet network at 224 px; with --ckpt-search, --dataset is the
@@ -33,6 +36,10 @@ supernet run's (its name only: the files are always read from --data).
 
 from __future__ import annotations
 
+import cli  # first: a Ctrl-C while torch loads is one line, not a traceback
+
+# isort: split
+
 import argparse
 import hashlib
 import json
@@ -43,10 +50,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
-import common
-from common import UsageError, print0
-from data import DATASETS, DataError, Relabeled, epoch_loader, epoch_seed, in_memory, load_dataset, subset_indices
-from spaces import SPACES
+import distributed
+import files
+from cli import UsageError, print0
+from data import DATASETS, Relabeled, load_dataset, subset_indices
+from loaders import epoch_loader, epoch_seed, in_memory
+from spaces import SPACES, check_image_size
 from supernet import count_all_params, count_flops
 
 # ----------------------------------------------------------------------------------------------
@@ -89,105 +98,217 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet16-120": 120, "imagenet"
 
 # ----------------------------------------------------------------------------------------------
 # Config: one flag per line, the method first. A default of None means "the recipe's value" (RECIPES above).
-p = common.Parser(description="Retrain one searched architecture from scratch on the real labels (stage 3).")
+# fmt: off
+p = cli.Parser(prog="retrain.py", description="Retrain one searched architecture from scratch on the real labels (stage 3).")
 g = p.add_argument_group("method: the architecture and its network (method.md §6)")
-g.add_argument(
-    "--arch",
-    type=common.nonempty,
-    default=None,
-    help="architecture string: NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or with --space mobilenet a model_id '2 0 -1 2 ...'",
-)
-g.add_argument(
-    "--genotype",
-    type=common.nonempty,
-    default=None,
-    help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)",
-)
-g.add_argument(
-    "--ckpt-search", type=common.nonempty, default=None, help="search.json written by search.py: retrain its winner"
-)
-g.add_argument(
-    "--space",
-    default=None,
-    choices=list(SPACES),
-    help="search space (default: the search.json's; darts for --genotype; else nb201)",
-)
-g.add_argument(
-    "--variant",
-    default=None,
-    choices=["cifar", "imagenet"],
-    help="network variant: cifar or imagenet (default: imagenet for --dataset imagenet, else cifar)",
-)
-g.add_argument("--channels", type=common.channels, default=None, help="C, channels of the first stage")
-g.add_argument("--layers", type=common.layers, default=None, help="NB201: N cells per stage; DARTS: cells in all")
-g.add_argument("--width", type=common.width, default=None, help="MobileNet: channel multiplier")
-g.add_argument("--dropout", type=common.fraction, default=None, help="MobileNet: dropout before the classifier")
+g.add_argument("--arch", type=cli.nonempty, default=None, help="architecture string: NB201 |op~0|+|op~0|op~1|+|op~0|op~1|op~2|, or with --space mobilenet a model_id '2 0 -1 2 ...'")
+g.add_argument("--genotype", type=cli.nonempty, default=None, help="a DARTS Genotype(normal=[...], normal_concat=[...], reduce=[...], ...)")
+g.add_argument("--ckpt-search", type=cli.nonempty, default=None, help="search.json written by search.py: retrain its winner")
+g.add_argument("--space", default=None, choices=list(SPACES), help="search space (default: the search.json's; darts for --genotype; else nb201)")
+g.add_argument("--variant", default=None, choices=["cifar", "imagenet"], help="network variant: cifar or imagenet (default: imagenet for --dataset imagenet, else cifar)")
+g.add_argument("--channels", type=cli.channels, default=None, help="C, channels of the first stage")
+g.add_argument("--layers", type=cli.layers, default=None, help="NB201: N cells per stage; DARTS: cells in all")
+g.add_argument("--width", type=cli.width, default=None, help="MobileNet: channel multiplier")
+g.add_argument("--dropout", type=cli.fraction, default=None, help="MobileNet: dropout before the classifier")
 g = p.add_argument_group("method: training recipe (method.md §6)")
-g.add_argument("--epochs", type=common.number(int), default=None, help="epochs")
-g.add_argument("--batch-size", type=common.number(int), default=None, help="batch size per process")
-g.add_argument("--lr", type=common.number(float, 0), default=None, help="initial learning rate")
-g.add_argument(
-    "--lr-schedule",
-    default=None,
-    choices=["cosine", "linear", "linear-iter"],
-    help="cosine to 0 per epoch (NB201, DARTS-CIFAR), linear per epoch after --warmup-epochs (DARTS-ImageNet) or "
-    "linear-iter: linear to 0 per iteration (MobileNet)",
-)
-g.add_argument("--warmup-epochs", type=common.number(int, 0), default=None, help="linear warm-up epochs")
-g.add_argument("--momentum", type=common.fraction, default=None, help="SGD momentum")
+g.add_argument("--epochs", type=cli.number(int), default=None, help="epochs")
+g.add_argument("--batch-size", type=cli.number(int), default=None, help="batch size per process")
+g.add_argument("--lr", type=cli.number(float, 0), default=None, help="initial learning rate")
+g.add_argument("--lr-schedule", default=None, choices=["cosine", "linear", "linear-iter"], help="cosine to 0 per epoch (NB201, DARTS-CIFAR), linear per epoch after --warmup-epochs (DARTS-ImageNet) or linear-iter: linear to 0 per iteration (MobileNet)")
+g.add_argument("--warmup-epochs", type=cli.number(int, 0), default=None, help="linear warm-up epochs")
+g.add_argument("--momentum", type=cli.fraction, default=None, help="SGD momentum")
 g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
-g.add_argument("--wd", type=common.number(float, 0), default=None, help="weight decay")
-g.add_argument("--wd-on", default=None, choices=list(common.WD_ON), help="which parameters get weight decay")
-g.add_argument("--grad-clip", type=common.number(float, 0), default=None, help="gradient clipping threshold (0 = off)")
+g.add_argument("--wd", type=cli.number(float, 0), default=None, help="weight decay")
+g.add_argument("--wd-on", default=None, choices=["all", "conv", "conv+fc"], help="which parameters get weight decay: all, conv (4-D conv weights) or conv+fc (and the classifier weight)")
+g.add_argument("--grad-clip", type=cli.number(float, 0), default=None, help="gradient clipping threshold (0 = off)")
 g.add_argument("--clip-mode", default=None, choices=["norm", "value"], help="clip the gradient norm or each value")
-g.add_argument("--label-smoothing", type=common.fraction, default=None, help="label smoothing")
-g.add_argument("--aux-weight", type=common.number(float, 0), default=None, help="auxiliary-head loss weight (DARTS)")
-g.add_argument("--drop-path", type=common.fraction, default=None, help="final drop-path probability (DARTS)")
-g.add_argument("--cutout", type=common.number(int, 0, 1024), default=None, help="cutout square side in pixels (0 = off)")
-g.add_argument("--seed", type=common.seed, default=0, help="seed of the init and the data order (0)")
+g.add_argument("--label-smoothing", type=cli.fraction, default=None, help="label smoothing")
+g.add_argument("--aux-weight", type=cli.number(float, 0), default=None, help="auxiliary-head loss weight (DARTS)")
+g.add_argument("--drop-path", type=cli.fraction, default=None, help="final drop-path probability (DARTS)")
+g.add_argument("--cutout", type=cli.number(int, 0, 1024), default=None, help="cutout square side in pixels (0 = off)")
+g.add_argument("--seed", type=cli.seed, default=0, help="seed of the init and the data order (0)")
 g = p.add_argument_group("data")
-g.add_argument(
-    "--dataset",
-    default=None,
-    choices=DATASETS,
-    help="dataset (default: with --ckpt-search the supernet run's; else imagenet for --space mobilenet and --variant "
-    "imagenet, cifar10 otherwise)",
-)
-g.add_argument(
-    "--data",
-    type=common.nonempty,
-    default=None,
-    help="dataset directory (default: with --ckpt-search where the supernet run read its dataset, else ./data)",
-)
-g.add_argument(
-    "--image-size", type=common.image_size, default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)"
-)
-g.add_argument(
-    "--subset", type=common.number(int), default=0, help="train on a seeded random subset of N images (default all)"
-)
-g.add_argument("--data-seed", type=common.seed, default=0, help="seed of --subset and of the fake data (0)")
-g.add_argument(
-    "--fake-images", type=common.number(int, 1, 10**6), default=1024, help="size of the --dataset fake training set"
-)
+g.add_argument("--dataset", default=None, choices=DATASETS, help="dataset (default: with --ckpt-search the supernet run's; else imagenet for --space mobilenet and --variant imagenet, cifar10 otherwise)")
+g.add_argument("--data", type=cli.nonempty, default=None, help="dataset directory (default: with --ckpt-search where the supernet run read its dataset, else ./data)")
+g.add_argument("--image-size", type=cli.image_size, default=None, help="image side for folder/fake/imagenet data (32; imagenet 224)")
+g.add_argument("--subset", type=cli.number(int), default=0, help="train on a seeded random subset of N images (default all)")
+g.add_argument("--data-seed", type=cli.seed, default=0, help="seed of --subset and of the fake data (0)")
+g.add_argument("--fake-images", type=cli.number(int, 1, 10**6), default=1024, help="size of the --dataset fake training set")
 g = p.add_argument_group("run and resume")
 g.add_argument("--count-only", action="store_true", help="print the parameters and multiply-adds of the network and exit")
-g.add_argument("--eval-every", type=common.number(int), default=1, help="test every N epochs (and after the last) (1)")
-g.add_argument(
-    "--out", type=common.nonempty, default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)"
-)
+g.add_argument("--eval-every", type=cli.number(int), default=1, help="test every N epochs (and after the last) (1)")
+g.add_argument("--out", type=cli.nonempty, default=None, help="run directory (default runs/retrain-<dataset>-<arch hash>-s<seed>)")
 g.add_argument("--resume", action="store_true", help="continue the run in --out")
-g.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-g.add_argument(
-    "--save-every-steps", type=common.number(int, 0), default=0, help="also checkpoint every N steps inside an epoch (0 = off)"
-)
-g.add_argument("--log-every", type=common.number(int), default=50, help="progress line every N steps (50)")
-p.add_run_flags()  # the speed and device groups, shared with train.py (common.py)
+g.add_argument("--force", action="store_true", help="replace a run directory of retrain.py: only the files it recorded as its own")
+g.add_argument("--save-every-steps", type=cli.number(int, 0), default=0, help="also checkpoint every N steps inside an epoch (0 = off)")
+g.add_argument("--log-every", type=cli.number(int), default=50, help="progress line every N steps (50)")
+p.add_run_flags()  # the speed and device groups, shared with train.py (cli.py)
 p.show_recipes(RECIPES)  # --help: "(recipe: nb201 0.1, darts-cifar 0.025, ...)" after every flag a recipe fills
+# fmt: on
+
+# ----------------------------------------------------------------------------------------------
+# The protocol: the data with its real labels, the SGD, one step, the test.
+def real_label_data(args, download: bool = True):
+    """The training set with its real labels (standard augmentation) and the test set (none); (train, test, K).
+
+    --dataset imagenet: the MobileNet retraining normalizes with ImageNet mean/std and has no lighting; the DARTS one
+    keeps the supernet's pipeline (method.md §6).
+    """
+    kw = dict(image_size=args.image_size, fake_images=args.fake_images, fake_seed=args.data_seed, download=download)
+    kw["imagenet_style"] = "normalize" if args.space == "mobilenet" else "lighting"
+    base = load_dataset(args.dataset, args.data, "train", augment=True, **kw)
+    test_set = load_dataset(args.dataset, args.data, "test", augment=False, **kw)
+    indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)
+    train_set = Relabeled(base, indices, base.targets.long())
+    if args.data_path == "tensor" and not in_memory(train_set):
+        raise UsageError(
+            f"--data-path tensor needs an in-memory dataset (cifar10/100, imagenet16-120, fake), not {args.dataset}"
+        )
+    return train_set, Relabeled(test_set, torch.arange(len(test_set)), test_set.targets.long()), base.num_classes
+
+
+def make_sgd(model: torch.nn.Module, args) -> torch.optim.SGD:
+    """SGD with weight decay on every parameter, or (MobileNet, method.md §6) on the 4-D conv weights only (conv+fc:
+    and the classifier weight). Two param groups then, the second with wd 0."""
+    nesterov = args.nesterov and args.momentum > 0
+    if args.wd_on == "all":
+        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=nesterov, weight_decay=args.wd)
+    decay, rest = [], []
+    for name, q in model.named_parameters():
+        fc = args.wd_on == "conv+fc" and name.startswith("classifier.") and name.endswith("weight")
+        (decay if q.ndim == 4 or fc else rest).append(q)
+    groups = [{"params": decay, "weight_decay": args.wd}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=nesterov)
+
+
+def lr_at(epoch: int, args, step: int = 0, total_steps: int = 1) -> float:
+    if args.lr_schedule == "linear-iter":
+        # method.md §6 (MobileNet): lr * (1 - t / T) at iteration t of T, no warm-up (the official per-step LambdaLR)
+        return args.lr * (1.0 - step / total_steps)
+    if args.lr_schedule == "linear":
+        # method.md §6 (ImageNet), the official adjust_lr: linear decay per epoch, lr * (E-5-e) / (E-5), and over the last
+        # 5 epochs a 5x smaller slope, lr * (E-e) / ((E-5)*5), so the lr never reaches 0 (the "tiny tail"). Runs of
+        # at most 5 epochs (smoke runs) decay as lr * (E-e) / E instead. During the first W warm-up epochs that value
+        # is multiplied by (e+1)/W, as the official code does (method.md §6 rounds it to lr * (e+1) / 5).
+        e, total, tail = epoch, args.epochs, 5
+        if total <= tail:
+            lr = args.lr * (total - e) / total
+        elif total - e > tail:
+            lr = args.lr * (total - tail - e) / (total - tail)
+        else:
+            lr = args.lr * (total - e) / ((total - tail) * tail)
+        return lr * (e + 1) / args.warmup_epochs if e < args.warmup_epochs else lr
+    # cosine to 0 per epoch (NAS-Bench-201 and DARTS-CIFAR); computed in float32 as this script always has
+    return 0.5 * args.lr * (1 + torch.cos(torch.tensor(torch.pi * epoch / args.epochs)).item())
+
+
+def train_step(model, optimizer, x, y, *, aux_weight=0.0, label_smoothing=0.0, grad_clip=0.0, clip_mode="norm", amp=False):
+    """One SGD step of the stand-alone network on a batch of real labels; returns (loss, logits (B, K))."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):  # --amp: bf16 forward
+        out = model(x)  # (B, K), or with the auxiliary head in training: ((B, K), (B, K))
+        logits, aux = out if isinstance(out, tuple) else (out, None)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        if aux is not None:  # DARTS: loss + 0.4 * the auxiliary head's loss (method.md §6)
+            loss = loss + aux_weight * F.cross_entropy(aux.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:  # by the global norm (the DARTS and MobileNet protocols)
+        params = [q for group in optimizer.param_groups for q in group["params"]]
+        (torch.nn.utils.clip_grad_norm_ if clip_mode == "norm" else torch.nn.utils.clip_grad_value_)(params, grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, d, amp: bool = False, fmt=torch.contiguous_format) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) over the whole test split, summed over all ranks.
+
+    The counts stay on the device and are read once at the end: one host-device wait per evaluation, not per batch.
+    Batches get the training's memory format and, with --amp, the same bf16 autocast as the training forward.
+    """
+    model.eval()
+    k = min(5, model_classes(model))
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # exact counts either way (no fp64 on MPS)
+    totals = torch.zeros(3, dtype=acc_dtype, device=device)  # top-1 hits, top-5 hits, images
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, 3, H, W), (B,)
+        x = x.contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)  # (B, K)
+        top5 = logits.topk(k, dim=1).indices  # (B, 5)
+        totals[0] += (top5[:, 0] == y).sum()
+        totals[1] += (top5 == y[:, None]).any(1).sum()
+        totals[2] += len(y)
+    if d.ddp:
+        torch.distributed.all_reduce(totals)
+    top1, top5 = (100 * totals[:2] / totals[2]).tolist()  # the one synchronisation
+    return top1, top5
+
+
+# ----------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    args = p.parse_args(argv)
+    space, arch, found = resolve_arch(args)  # --arch, --genotype or the winner of a search.json
+    took, run_data = default_dataset(args, found)  # the flag, else the supernet run's, else the space's own
+    arch_text = space.format(arch)
+    args.out = args.out or os.path.join("runs", f"retrain-{args.dataset}-{hashlib.sha1(arch_text.encode()).hexdigest()[:8]}-s{args.seed}")  # noqa: E501
+    if args.count_only:
+        return count_only(args, space, arch, took, run_data)
+    # BOILERPLATE: torchrun, --out/--resume/--force and the run's lock; a resumed run takes its settings back
+    run = checkpoint.Run(args, p, "retrain", keep=RUN_FLAGS, recorded_data=run_data)
+    if took and not args.resume:
+        print0(took)
+    fill_recipe(args)
+
+    # Data: the real labels, standard augmentation on train, none on test.
+    train_set, test_set, num_classes = real_label_data(args, run.download)
+    # The network from scratch (the only global seeding call: its init) and its SGD.
+    net_args = network_args(args, space, arch, num_classes)
+    torch.manual_seed(args.seed)
+    raw_model, model = distributed.wrap(space.network(arch, net_args, aux=args.aux_weight > 0), run.d, run.fmt)
+    optimizer = make_sgd(raw_model, args)
+    run.start(dict(model=raw_model, optimizer=optimizer, arch=arch_text, test_top1=None, test_top5=None), arch=arch_text)
+    test_loader = test_batches(args, run, test_set)
+    print0(f"retrain {arch_text} | {args.space} {args.variant} {net_args} | {sizes(space, arch, net_args)} | "
+           f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {run.d.device} x{run.d.world_size}")  # fmt: skip
+
+    # The training loop; every --eval-every epochs (and after the last) a test on the whole test split.
+    recipe = dict(aux_weight=args.aux_weight, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip, clip_mode=args.clip_mode, amp=args.amp)  # noqa: E501
+    for epoch in range(run.epoch, args.epochs):
+        if args.drop_path > 0:  # DARTS: the drop-path probability grows linearly with the epoch
+            raw_model.drop_path_prob = args.drop_path * epoch / args.epochs
+        model.train()
+        for step, x, y in run.batches(train_set, epoch):  # x (B, 3, H, W), y (B,) the real labels
+            x = regularize(args, raw_model, x, step, run.d.rank).contiguous(memory_format=run.fmt)  # DARTS cutout
+            lr = lr_at(epoch, args, step, run.total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, logits = train_step(model, optimizer, x, y, **recipe)
+            run.after_step(loss, logits, y, lr)
+        test = {}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            top1, top5 = evaluate(model, test_loader, run.d.device, run.d, args.amp, run.fmt)
+            print0(f"epoch {epoch + 1}/{args.epochs} | test top-1 {top1:.2f}% | top-5 {top5:.2f}%")
+            test = dict(test_top1=top1, test_top5=top5)
+        run.end_epoch(**test)  # the log line, then retrain.pt: an interrupted test is redone with its epoch
+    print0(f"done: {arch_text} | test top-1 {run.state['test_top1']:.2f}% | top-5 {run.state['test_top5']:.2f}% | {run.path}")
+
+
+# ==============================================================================================
+# Machinery below: which architecture and dataset, the recipe, counting, the regularizers' draws.
+# ==============================================================================================
 
 # The flags that only say how to run: a resumed run may change these; every other flag takes the run's own value
-# (checkpoint.merge_flags). What retrain.pt must hold is common.KINDS["retrain"].
-RUN_FLAGS = {"out", "resume", "force", "log_every", "save_every_steps", "device", "backend", "dist_timeout", "data"}
-RUN_FLAGS |= {"eval_every", "count_only"}  # how often to test changes no weight
+# (checkpoint.merge_flags). What retrain.pt must hold is files.KINDS["retrain"].
+RUN_FLAGS = {"out", "resume", "force", "log_every", "save_every_steps", "device", "backend", "dist_timeout", "data",
+             "eval_every", "count_only", "arch", "genotype", "ckpt_search"}  # fmt: skip
+
+
+def test_batches(args, run, test_set):
+    """The test split's batches, made once: in order, on the device where the data is in memory (data.py)."""
+    fast = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(test_set))
+    d = run.d
+    return epoch_loader(test_set, args.batch_size, False, args.seed, 0, d.device, d.rank, d.world_size, args.workers, fast, run.cache)  # noqa: E501
 
 
 def resolve_arch(args):
@@ -198,7 +319,7 @@ def resolve_arch(args):
     three notations never overlap: `|op~0|+...`, 21 integers, `Genotype(...)`).
     """
     if args.resume and args.out and not (args.arch or args.genotype or args.ckpt_search):  # resumed: its own architecture
-        config = common.load_json(os.path.join(args.out, "config.json"), "run config")
+        config = files.load_json(os.path.join(args.out, "config.json"), "run config")
         if not isinstance(config.get("arch"), str) or not isinstance(config.get("space"), str):
             raise UsageError(f"{args.out}/config.json names no architecture; pass the run's --arch (or --genotype)")
         args.arch, args.space = config["arch"], args.space or config["space"]
@@ -210,7 +331,7 @@ def resolve_arch(args):
     text, space, found = args.arch or args.genotype, args.space or ("darts" if args.genotype is not None else None), None
     space_given = args.space is not None
     if args.ckpt_search is not None:
-        found = common.load_json(args.ckpt_search, "--ckpt-search")  # a missing or damaged file is one line
+        found = files.load_json(args.ckpt_search, "--ckpt-search")  # a missing or damaged file is one line
         winner, net = found.get("winner"), found.get("supernet_args", {})
         text = winner.get("arch") if isinstance(winner, dict) else None
         searched = net.get("space") if isinstance(net, dict) else None
@@ -275,7 +396,7 @@ def default_dataset(args, found: dict | None) -> tuple[str | None, str | None]:
 
 def fill_recipe(args) -> None:
     """Fill every flag left at None from the (space, variant) recipe."""
-    recipe = common.pick_recipe(args, RECIPES, "retrain.py")
+    recipe = cli.pick_recipe(args, RECIPES, "retrain.py")
     if args.space != "darts" and any(getattr(args, k) for k in ("aux_weight", "drop_path", "cutout")):
         raise UsageError(f"--aux-weight, --drop-path and --cutout belong to the DARTS protocol, not to --space {args.space}")
     if args.space == "mobilenet" and (args.channels or args.layers):
@@ -284,30 +405,9 @@ def fill_recipe(args) -> None:
         raise UsageError(f"--width and --dropout apply to --space mobilenet only, not to --space {args.space}")
     if args.dropout is not None and args.dropout >= 1:
         raise UsageError(f"--dropout {args.dropout} would drop every feature; give a probability below 1 (method.md §6: 0.2)")
-    common.fill_defaults(args, recipe)
+    cli.fill_defaults(args, recipe)
     if args.image_size is None:
         args.image_size = {"imagenet": 224, "imagenet16-120": 16}.get(args.dataset, 32)
-
-
-def lr_at(epoch: int, args, step: int = 0, total_steps: int = 1) -> float:
-    if args.lr_schedule == "linear-iter":
-        # method.md §6 (MobileNet): lr * (1 - t / T) at iteration t of T, no warm-up (the official per-step LambdaLR)
-        return args.lr * (1.0 - step / total_steps)
-    if args.lr_schedule == "linear":
-        # method.md §6 (ImageNet), the official adjust_lr: linear decay per epoch, lr * (E-5-e) / (E-5), and over the last
-        # 5 epochs a 5x smaller slope, lr * (E-e) / ((E-5)*5), so the lr never reaches 0 (the "tiny tail"). Runs of
-        # at most 5 epochs (smoke runs) decay as lr * (E-e) / E instead. During the first W warm-up epochs that value
-        # is multiplied by (e+1)/W, as the official code does (method.md §6 rounds it to lr * (e+1) / 5).
-        e, total, tail = epoch, args.epochs, 5
-        if total <= tail:
-            lr = args.lr * (total - e) / total
-        elif total - e > tail:
-            lr = args.lr * (total - tail - e) / (total - tail)
-        else:
-            lr = args.lr * (total - e) / ((total - tail) * tail)
-        return lr * (e + 1) / args.warmup_epochs if e < args.warmup_epochs else lr
-    # cosine to 0 per epoch (NAS-Bench-201 and DARTS-CIFAR); computed in float32 as this script always has
-    return 0.5 * args.lr * (1 + torch.cos(torch.tensor(torch.pi * epoch / args.epochs)).item())
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -322,30 +422,49 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     return x * (~inside).unsqueeze(1).to(x.dtype)  # (B, 3, H, W)
 
 
-@torch.no_grad()
-def evaluate(model, loader, device, d, amp: bool = False, fmt=torch.contiguous_format) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) over the whole test split, summed over all ranks.
+def regularize(args, raw_model, x: torch.Tensor, step: int, rank: int) -> torch.Tensor:
+    """DARTS cutout, drop-path and MobileNet dropout: their squares and masks come from a generator seeded by
+    (seed, step, rank), so a resumed run draws the same ones and the data pipeline's own random stream is left
+    untouched. Returns the batch (B, 3, H, W), with the cutout squares where --cutout asks for them."""
+    if not (args.cutout or args.drop_path or args.dropout):
+        return x
+    gen = torch.Generator(device=x.device).manual_seed(epoch_seed(args.seed, step, rank))
+    raw_model.drop_generator = gen
+    return cutout(x, args.cutout, gen) if args.cutout else x
 
-    The counts stay on the device and are read once at the end: one host-device wait per evaluation, not per batch.
-    Batches get the training's memory format and, with --amp, the same bf16 autocast as the training forward.
-    """
-    model.eval()
-    k = min(5, model_classes(model))
-    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # exact counts either way (no fp64 on MPS)
-    totals = torch.zeros(3, dtype=acc_dtype, device=device)  # top-1 hits, top-5 hits, images
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, 3, H, W), (B,)
-        x = x.contiguous(memory_format=fmt)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)  # (B, K)
-        top5 = logits.topk(k, dim=1).indices  # (B, 5)
-        totals[0] += (top5[:, 0] == y).sum()
-        totals[1] += (top5 == y[:, None]).any(1).sum()
-        totals[2] += len(y)
-    if d.ddp:
-        torch.distributed.all_reduce(totals)
-    top1, top5 = (100 * totals[:2] / totals[2]).tolist()  # the one synchronisation
-    return top1, top5
+
+def count_only(args, space, arch, took, run_data) -> None:
+    """--count-only: the network's parameters and multiply-adds, with no data read and no run directory."""
+    if took:
+        print(took)
+    checkpoint.data_dir(args, None, run_data)  # --data, else where the supernet run read it, else ./data
+    fill_recipe(args)
+    num_classes = NUM_CLASSES.get(args.dataset)
+    if num_classes is None:  # folder data: list the class folders
+        num_classes = load_dataset(args.dataset, args.data, "train", augment=False).num_classes
+    net_args = space.retrain_args(args, num_classes)
+    print(f"{space.format(arch)}\n{args.space} {args.variant} network {net_args}: {sizes(space, arch, net_args)}")
+    print("multiply-adds in the paper's units (its thop): one per weight use in a conv, (2 x in - 1) x out per linear layer")
+
+
+def sizes(space, arch, net_args: dict) -> str:
+    """'N parameters (x.xxM) | M multiply-adds at SxS', the auxiliary head named only where the network has one."""
+    n_aux, n_bare, flops = count(space, arch, net_args)
+    aux = f" without the auxiliary head, {n_aux:,} with it" if n_aux != n_bare else ""
+    size = net_args.get("image_size", 32)
+    return f"{n_bare:,} parameters ({n_bare / 1e6:.2f}M){aux} | {flops / 1e6:.1f}M multiply-adds at {size}x{size}"
+
+
+def network_args(args, space, arch, num_classes: int) -> dict:
+    """The network's constructor arguments, checked before anything is allocated: an auxiliary head the network
+    cannot have, or an --image-size its downsampling cannot take, fails here in one line (a meta-device probe)."""
+    net_args = space.retrain_args(args, num_classes)
+    if args.aux_weight > 0:
+        check_aux_head(space, arch, net_args)
+    with torch.device("meta"):  # shapes only
+        probe = space.network(arch, net_args, aux=args.aux_weight > 0)
+    check_image_size(probe, args.image_size, what=f"{args.space} network")
+    return net_args
 
 
 def model_classes(model) -> int:
@@ -374,234 +493,13 @@ def check_aux_head(space, arch, net_args: dict) -> None:
         try:
             probe(torch.zeros(2, 3, size, size))
         except RuntimeError:
-            raise UsageError(
-                f"--image-size {size} is too small for the auxiliary head (it needs 32 px on the cifar network, 224 "
-                "on the imagenet one); use a larger --image-size or --aux-weight 0"
-            ) from None
+            fits, side = {"cifar": (32, 8), "imagenet": (224, 7)}.get(net_args.get("variant"), (32, 8))
+            why = "too small for" if size < fits else "does not fit"
+            raise UsageError(f"--image-size {size} {why} the auxiliary head (its classifier takes the {side}x{side} map of "
+                             f"{fits} px images on this network); use --image-size {fits} or --aux-weight 0") from None  # fmt: skip
 
 
-def real_label_data(args, download: bool = True):
-    """The training set with its real labels (standard augmentation) and the test set (none); (train, test, K).
-
-    --dataset imagenet: the MobileNet retraining normalizes with ImageNet mean/std and has no lighting; the DARTS one
-    keeps the supernet's pipeline (method.md §6).
-    """
-    kw = dict(image_size=args.image_size, fake_images=args.fake_images, fake_seed=args.data_seed, download=download)
-    kw["imagenet_style"] = "normalize" if args.space == "mobilenet" else "lighting"
-    base = load_dataset(args.dataset, args.data, "train", augment=True, **kw)
-    test_set = load_dataset(args.dataset, args.data, "test", augment=False, **kw)
-    indices = subset_indices(torch.arange(len(base)), args.subset, args.data_seed)
-    train_set = Relabeled(base, indices, base.targets.long())
-    if args.data_path == "tensor" and not in_memory(train_set):
-        raise UsageError(
-            f"--data-path tensor needs an in-memory dataset (cifar10/100, imagenet16-120, fake), not {args.dataset}"
-        )
-    return train_set, Relabeled(test_set, torch.arange(len(test_set)), test_set.targets.long()), base.num_classes
-
-
-def build_network(args, space, arch, net_args: dict, d):
-    """BOILERPLATE: the stand-alone network on its device -> (raw_model, model (DDP under torchrun), memory format)."""
-    raw_model = space.network(arch, net_args, aux=args.aux_weight > 0).to(d.device)
-    fmt = common.memory_format(args.memory_format, d.device, args.amp)
-    raw_model = raw_model.to(memory_format=fmt)
-    common.set_determinism(args.deterministic, d.device)  # cuDNN autotuning, or --deterministic kernels
-    # DDP's default buffer broadcast stays on here: evaluate() then runs every rank with rank 0's BN running statistics
-    # (the saved model's), so the accuracy summed over ranks is that of one network
-    model = DDP(raw_model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.ddp else raw_model
-    return raw_model, model, fmt
-
-
-def regularize(args, raw_model, x: torch.Tensor, step: int, rank: int) -> torch.Tensor:
-    """DARTS cutout, drop-path and MobileNet dropout: their squares and masks come from a generator seeded by
-    (seed, step, rank), so a resumed run draws the same ones and the data pipeline's own random stream is left
-    untouched. Returns the batch (B, 3, H, W), with the cutout squares where --cutout asks for them."""
-    if not (args.cutout or args.drop_path or args.dropout):
-        return x
-    gen = torch.Generator(device=x.device).manual_seed(epoch_seed(args.seed, step, rank))
-    raw_model.drop_generator = gen
-    return cutout(x, args.cutout, gen) if args.cutout else x
-
-
-def train_step(model, optimizer, x, y, *, aux_weight=0.0, label_smoothing=0.0, grad_clip=0.0, clip_mode="norm", amp=False):
-    """One SGD step of the stand-alone network on a batch of real labels; returns (loss, logits (B, K))."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):  # --amp: bf16 forward
-        out = model(x)  # (B, K), or with the auxiliary head in training: ((B, K), (B, K))
-        logits, aux = out if isinstance(out, tuple) else (out, None)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        if aux is not None:  # DARTS: loss + 0.4 * the auxiliary head's loss (method.md §6)
-            loss = loss + aux_weight * F.cross_entropy(aux.float(), y, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    common.clip_gradients(optimizer, clip_mode, grad_clip)
-    optimizer.step()
-    return loss, logits
-
-
-def sizes(space, arch, net_args: dict) -> str:
-    """'N parameters (x.xxM) | M multiply-adds at SxS', the auxiliary head named only where the network has one."""
-    n_aux, n_bare, flops = count(space, arch, net_args)
-    aux = f" without the auxiliary head, {n_aux:,} with it" if n_aux != n_bare else ""
-    size = net_args.get("image_size", 32)
-    return f"{n_bare:,} parameters ({n_bare / 1e6:.2f}M){aux} | {flops / 1e6:.1f}M multiply-adds at {size}x{size}"
-
-
-def count_only(args, space, arch) -> None:
-    """--count-only: the network's parameters and multiply-adds, with no data read and no run directory."""
-    fill_recipe(args)
-    num_classes = NUM_CLASSES.get(args.dataset)
-    if num_classes is None:  # folder data: list the class folders
-        num_classes = load_dataset(args.dataset, args.data, "train", augment=False).num_classes
-    net_args = space.retrain_args(args, num_classes)
-    print(f"{space.format(arch)}\n{args.space} {args.variant} network {net_args}: {sizes(space, arch, net_args)}")
-    print("multiply-adds in the paper's units (its thop): one per weight use in a conv, (2 x in - 1) x out per linear layer")
-
-
-def network_args(args, space, arch, num_classes: int) -> dict:
-    """The network's constructor arguments, checked before anything is allocated: an auxiliary head the network
-    cannot have, or an --image-size its downsampling cannot take, fails here in one line (a meta-device probe)."""
-    net_args = space.retrain_args(args, num_classes)
-    if args.aux_weight > 0:
-        check_aux_head(space, arch, net_args)
-    with torch.device("meta"):  # shapes only
-        probe = space.network(arch, net_args, aux=args.aux_weight > 0)
-    common.check_image_size(probe, args.image_size, what=f"{args.space} network")
-    return net_args
-
-
-def start_or_resume(args, ckpt, raw_model, optimizer, d, arch_text: str) -> tuple[int, int]:
-    """Where the loop starts -> (start_epoch, step): a new run writes its config.json; a resumed one restores weights,
-    momentum and its place in the epoch (checkpoint.py)."""
-    log_path = os.path.join(args.out, "log.jsonl")
-    if ckpt is None:
-        start_epoch, step = 0, 0
-        if args.resume and d.master:  # stopped before its first checkpoint: it starts again from epoch 0
-            checkpoint.trim_log(log_path, 0)
-        if d.master:
-            config = {**vars(args), "arch": arch_text, "git_commit": common.git_commit()}
-            common.atomic_write_json(config, os.path.join(args.out, "config.json"))
-    else:  # BOILERPLATE: continue exactly where the run stopped (checkpoint.py)
-        start_epoch, _, step = checkpoint.restore(
-            ckpt, os.path.join(args.out, "retrain.pt"), raw_model, optimizer, d, log_path
-        )
-    return start_epoch, step
-
-
-def main():
-    args = p.parse_args()
-    space, arch, found = resolve_arch(args)
-    took, run_data = default_dataset(args, found)  # the flag, else the supernet run's, else the space's own
-    arch_text = space.format(arch)
-    if args.out is None:
-        arch_hash = hashlib.sha1(arch_text.encode()).hexdigest()[:8]
-        args.out = os.path.join("runs", f"retrain-{args.dataset}-{arch_hash}-s{args.seed}")
-    if args.count_only:
-        if took:
-            print(took)
-        checkpoint.data_dir(args, None, run_data)  # --data, else where the supernet run read it, else ./data
-        return count_only(args, space, arch)
-
-    # ------------------------------------------------------------------------------------------
-    # BOILERPLATE: devices, torchrun, run directory; a resumed run takes its own settings back (checkpoint.py).
-    d = common.setup_distributed(args.device, args.backend, args.dist_timeout)
-    if took and not args.resume:
-        print0(took)
-    ckpt_path, log_path = os.path.join(args.out, "retrain.pt"), os.path.join(args.out, "log.jsonl")
-    ckpt = checkpoint.open_run(args, ckpt_path, RUN_FLAGS | {"arch", "genotype", "ckpt_search"}, p)
-    if ckpt is not None and ckpt["arch"] != arch_text:
-        raise UsageError(f"{ckpt_path} retrains {ckpt['arch']}, not {arch_text}")
-    download = checkpoint.data_dir(args, ckpt, run_data)  # --data, else where this run or the supernet run read
-    fill_recipe(args)
-
-    # ------------------------------------------------------------------------------------------
-    # Data: real labels, standard augmentation on train, none on test.
-    train_set, test_set, num_classes = real_label_data(args, download)
-    net_args = network_args(args, space, arch, num_classes)
-    fast, cache = args.data_path == "tensor" or (args.data_path == "auto" and in_memory(train_set)), {}
-    if not args.resume and d.master:
-        checkpoint.make_run_dir(args.out, args.force, "retrain.pt")
-    if d.ddp:
-        torch.distributed.barrier()
-    common.STOP["resume"] = f"python retrain.py --resume --out {args.out}"  # what an interrupt's one line suggests
-    test_loader = epoch_loader(
-        test_set, args.batch_size, False, args.seed, 0, d.device, d.rank, d.world_size, args.workers, fast, cache
-    )
-
-    # ------------------------------------------------------------------------------------------
-    # Model and optimizer.
-    torch.manual_seed(args.seed)
-    raw_model, model, fmt = build_network(args, space, arch, net_args, d)
-    optimizer = common.make_sgd(raw_model, args.lr, args.momentum, args.nesterov, args.wd, args.wd_on)
-    start_epoch, step = start_or_resume(args, ckpt, raw_model, optimizer, d, arch_text)
-    print0(
-        f"retrain {arch_text} | {args.space} {args.variant} {net_args} | {sizes(space, arch, net_args)} | "
-        f"{len(train_set):,} train / {len(test_set):,} test images | {args.epochs} epochs | {d.device} x{d.world_size}"
-    )
-
-    def save(epoch: int, batch: int, totals=None):
-        """retrain.pt: weights, momentum and where in the run, so that a resumed run is exact (checkpoint.py)."""
-        state = dict(
-            stage="retrain", epoch=epoch, batch=batch, step=step, world_size=d.world_size, arch=arch_text,
-            model=raw_model.state_dict(), optimizer=optimizer.state_dict(), config=vars(args), test_top1=top1,
-            test_top5=top5,
-        )  # fmt: skip
-        checkpoint.save(ckpt_path, d, state, totals)
-
-    # ------------------------------------------------------------------------------------------
-    # Training loop (lr per epoch: cosine to 0 as NAS-Bench-201 and DARTS, or warm-up + linear for ImageNet).
-    top1, top5 = (ckpt.get("test_top1"), ckpt.get("test_top5")) if ckpt else (None, None)
-    recipe = dict(aux_weight=args.aux_weight, label_smoothing=args.label_smoothing, grad_clip=args.grad_clip)
-    recipe.update(clip_mode=args.clip_mode, amp=args.amp)
-    progress = common.Progress("retrain.py", args.epochs, d.world_size, acc="train acc")
-    common.STOP["armed"] = not d.ddp  # SIGTERM: stop after the current step, with a checkpoint of it (one process)
-    for epoch in range(start_epoch, args.epochs):
-        lr = lr_at(epoch, args)
-        common.set_lr(optimizer, lr)
-        if args.drop_path > 0:  # DARTS: the drop-path probability grows linearly with the epoch
-            raw_model.drop_path_prob = args.drop_path * epoch / args.epochs
-        if not fast:
-            torch.manual_seed(epoch_seed(args.seed, epoch, d.rank))  # per-sample augmentation: replayable on resume
-        loader = epoch_loader(
-            train_set, args.batch_size, True, args.seed, epoch, d.device, d.rank, d.world_size, args.workers, fast, cache
-        )
-        model.train()
-        skip, totals = checkpoint.epoch_totals(ckpt, epoch, d)  # loss sum, correct, images on this rank
-        progress.start_epoch(epoch, len(loader), skip)
-        for i, (x, y) in enumerate(loader):
-            if i < skip:
-                continue  # drawn again (same order, same crops) but already trained on
-            x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)  # (B, 3, H, W), (B,)
-            x = regularize(args, raw_model, x, step, d.rank).contiguous(memory_format=fmt)
-            if args.lr_schedule == "linear-iter":  # per-iteration schedule (MobileNet)
-                lr = lr_at(epoch, args, step, args.epochs * len(loader))
-                common.set_lr(optimizer, lr)
-            loss, logits = train_step(model, optimizer, x, y, **recipe)
-            totals[0] += loss.detach().to(totals.dtype) * len(y)  # running sums stay on the device: no host sync
-            totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += len(y)
-            step += 1
-            progress.step(i, len(y), totals, lr, args.log_every)
-            # --save-every-steps, and SIGTERM: a mid-epoch checkpoint (then stop)
-            checkpoint.within_epoch(save, ckpt_path, epoch, i + 1, len(loader), step, args.save_every_steps, totals)
-        if d.ddp:  # the epoch's loss and accuracy over all ranks
-            torch.distributed.all_reduce(totals)
-        loss, acc = (totals[0] / totals[2]).item(), (100 * totals[1] / totals[2]).item()
-        entry = dict(epoch=epoch + 1, loss=loss, train_acc=acc, lr=lr, seconds=progress.end_epoch()[1])
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            bad = common.nonfinite(raw_model.state_dict())
-            if bad is not None:  # never evaluated nor written: retrain.pt stays the last good checkpoint
-                raise UsageError(f"{bad} holds NaN or inf after epoch {epoch + 1} (the run diverged); lower --lr")
-            save(epoch + 1, 0)  # the epoch's training is kept even if the evaluation fails (out of memory, Ctrl-C)
-            top1, top5 = evaluate(model, test_loader, d.device, d, args.amp, fmt)
-            entry.update(test_top1=top1, test_top5=top5)
-            print0(f"epoch {epoch + 1}/{args.epochs} | test top-1 {top1:.2f}% | top-5 {top5:.2f}%")
-        if d.master:
-            common.append_jsonl(log_path, entry)
-        save(epoch + 1, 0)  # after the log line: a crash in between only repeats this epoch
-        checkpoint.stop_if_requested(ckpt_path)  # SIGTERM in the epoch's last step or its evaluation: saved just now
-    common.STOP["armed"] = False
-    print0(f"done: {arch_text} | test top-1 {top1:.2f}% | top-5 {top5:.2f}% | {ckpt_path}")
-    common.cleanup_distributed(d)
 
 
 if __name__ == "__main__":
-    common.run(main, DataError)
+    cli.run(main)

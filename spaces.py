@@ -28,6 +28,8 @@ variant, image_size, width). The fields, documented once:
     parse(text) -> arch                   ValueError with a one-line message naming what is wrong
     format(arch) -> str                   the string users see
     tie_key(arch)                         how search.py orders archs whose fitness ties (evolution.rank)
+    crossover_first                       the official loop of the space breeds crossovers first (MobileNet)
+    evolution(net_args)                   the evolution's keywords of the space, bundled (search.py)
     scorer(w0, wt, net_args, vector=)     the fast angle: an object with .angles(list of archs) -> 1-D array
     flops(arch, net_args) -> int          multiply-adds of the candidate at the input size; None: no FLOPs count
     min_flops(net_args) -> int            multiply-adds of the cheapest architecture (search.py refuses a lower
@@ -47,10 +49,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 import angle
 import darts
 import mobilenet
 import supernet
+from cli import UsageError
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,13 @@ class Space:
     network: Callable
     retrain_args: Callable
     input_size: Callable
+    crossover_first: bool = False  # the official MobileNet loop breeds its crossovers before its mutants (method.md §5)
+
+    def evolution(self, net_args: dict) -> dict:
+        """The keywords of evolution.generations() that differ per space: what a mutation may draw, the order of the
+        offspring, the repair of a raw draw and the tie rule."""
+        return dict(mutation_choices=self.mutation_choices(net_args), crossover_first=self.crossover_first,
+                    repair=self.repair, tie_key=self.tie_key)  # fmt: skip
 
 
 def nb201_args(args, num_classes: int) -> dict:
@@ -151,6 +163,29 @@ MOBILENET = Space(
     network=mobilenet.mb_network,
     retrain_args=mobilenet.mb_retrain_args,
     input_size=lambda a: a.get("image_size", 224),
+    crossover_first=True,
 )
 
 SPACES = {space.name: space for space in (NB201, DARTS, MOBILENET)}
+
+
+def check_image_size(model, size: int, *args, what: str = "network") -> None:
+    """Forward a (2, 3, size, size) batch through `model`, built on the meta device (shapes only: no memory, no
+    time), with `args` (e.g. a sampled path); if the downsampling leaves no pixels to pool, a one-line UsageError
+    names the smallest larger side that fits, instead of a RuntimeError in the first training step."""
+    if next(model.parameters()).device.type != "meta":
+        raise ValueError("check_image_size needs a model built under `with torch.device('meta')`")
+
+    def fits(s: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(2, 3, s, s, device="meta"), *args)
+            return True
+        except (RuntimeError, ValueError, IndexError):
+            return False
+
+    if fits(size):
+        return
+    larger = next((s for s in range(size + 1, 4 * size + 65) if fits(s)), None)
+    hint = f"the smallest larger one that fits is {larger}" if larger else "use a larger one"
+    raise UsageError(f"--image-size {size} is too small for the {what} (its downsampling leaves no pixels); {hint}")

@@ -249,26 +249,6 @@ class SearchCell(nn.Module):
         return f"C={self.c}, edges={' '.join(EDGE_KEYS)}, ops={'/'.join(OPS)}"
 
 
-class InferCell(nn.Module):
-    """One fixed cell for retraining: only the chosen op on each edge, 'none' edges omitted."""
-
-    def __init__(self, c: int, arch: Arch, affine: bool = True, track: bool = True):
-        super().__init__()
-        check_arch(arch)
-        self.c, self.arch = c, tuple(arch)
-        self.edges = nn.ModuleDict({key: make_op(OPS[o], c, affine, track) for key, o in zip(EDGE_KEYS, arch) if o != 0})
-
-    def forward(self, x, arch=None):
-        nodes = [x]
-        for i in range(1, NUM_NODES):
-            terms = [self.edges[f"{i}<-{j}"](nodes[j]) for j in range(i) if f"{i}<-{j}" in self.edges]
-            nodes.append(add_all(terms) if terms else torch.zeros_like(x))
-        return nodes[-1]
-
-    def extra_repr(self):
-        return f"C={self.c}, arch={arch_to_str(self.arch)}"
-
-
 def cell_layout(layers: int) -> list[str]:
     """Position of each module in `cells`: N searchable cells, a reduction block, N, a reduction, N."""
     return ["cell"] * layers + ["reduce"] + ["cell"] * layers + ["reduce"] + ["cell"] * layers
@@ -317,6 +297,32 @@ class Supernet(_NB201Network):
     def forward(self, x, path: Sequence[Arch]):
         assert len(path) == len(self.searchable), f"need {len(self.searchable)} cell genotypes, got {len(path)}"
         return self._forward(x, path)  # (B, K)
+
+
+# ==============================================================================================
+# Machinery below: not needed to follow the NB201 method. The stand-alone network retrain.py trains (InferCell,
+# Subnet), parameter and FLOPs counts, the subnet's share of the supernet's weights.
+# ==============================================================================================
+
+
+class InferCell(nn.Module):
+    """One fixed cell for retraining: only the chosen op on each edge, 'none' edges omitted."""
+
+    def __init__(self, c: int, arch: Arch, affine: bool = True, track: bool = True):
+        super().__init__()
+        check_arch(arch)
+        self.c, self.arch = c, tuple(arch)
+        self.edges = nn.ModuleDict({key: make_op(OPS[o], c, affine, track) for key, o in zip(EDGE_KEYS, arch) if o != 0})
+
+    def forward(self, x, arch=None):
+        nodes = [x]
+        for i in range(1, NUM_NODES):
+            terms = [self.edges[f"{i}<-{j}"](nodes[j]) for j in range(i) if f"{i}<-{j}" in self.edges]
+            nodes.append(add_all(terms) if terms else torch.zeros_like(x))
+        return nodes[-1]
+
+    def extra_repr(self):
+        return f"C={self.c}, arch={arch_to_str(self.arch)}"
 
 
 class Subnet(_NB201Network):

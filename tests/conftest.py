@@ -1,4 +1,13 @@
-"""Shared test set-up: the repository root on sys.path, tiny supernet shapes, and a fast torch."""
+"""Shared test set-up: the repository root on sys.path, tiny supernet shapes, a fast torch, and the two tiers.
+
+    python -m pytest -q tests          the default tier (about a minute): the method, the data path, the spaces, the
+                                       angle, the NB201 pin, one real train -> search -> retrain chain
+    python -m pytest -q tests --all    the full suite (CI): also every test marked `full` (the hardening, interrupt,
+                                       fuzz and safety suites, the other spaces end to end, torchrun)
+
+A test file marks itself with `pytestmark = pytest.mark.full`, a test with `@pytest.mark.full`. docs/details.md lists
+what each tier covers.
+"""
 
 import os
 import sys
@@ -15,7 +24,24 @@ torch.set_num_threads(1)  # CI has 2 cores; tiny models gain nothing from more t
 TINY = dict(channels=4, layers=1, num_classes=5)  # a supernet small enough for hundreds of reference angles
 
 
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", help="run the full suite (the tests marked full too), as CI does")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full: in the full suite only (python -m pytest tests --all)")
+
+
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--all"):
+        skipped = [item for item in items if item.get_closest_marker("full")]
+        if skipped:
+            config.hook.pytest_deselected(items=skipped)
+            items[:] = [item for item in items if not item.get_closest_marker("full")]
+    course_kit(items)
+
+
+def course_kit(items):
     """Course kit (ASSIGNMENTS.md): in a student copy, the end-to-end tests wait until every exercise is done.
 
     They run train.py and search.py, which need every exercise, so while one still raises NotImplementedError they

@@ -14,7 +14,7 @@ import pytest
 from test_scripts import script_env
 
 import make_assignment as K
-from common import UsageError
+from cli import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXERCISES = K.exercises(ROOT)

@@ -20,18 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 import data  # noqa: E402
-from data import (  # noqa: E402
-    DataError,
-    Relabeled,
-    TensorBatches,
-    augment_batch,
-    epoch_loader,
-    epoch_seed,
-    load_dataset,
-    make_loader,
-    split_indices,
-    subset_indices,
-)
+from data import DataError, Relabeled, load_dataset, split_indices, subset_indices  # noqa: E402
+from loaders import TensorBatches, augment_batch, epoch_loader, epoch_seed, make_loader  # noqa: E402
 
 
 def normalized(u8: torch.Tensor, name: str) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""The GPU path, tested on the CPU where its logic allows: the one-line errors of torchrun runs (common.run), the
---deterministic flag (common.set_determinism, recorded and kept on resume), retrain.py's evaluation (counts on the
+"""The GPU path, tested on the CPU where its logic allows: the one-line errors of torchrun runs (cli.run), the
+--deterministic flag (distributed.set_determinism, recorded and kept on resume), retrain.py's evaluation (counts on the
 device, autocast and memory format) and bench.py --device cuda without a GPU."""
 
 import json
@@ -12,13 +12,15 @@ import torch
 import torch.distributed as dist
 from test_scripts import ROOT, TINY, load, run, script_env
 
-import common
+import cli
+import distributed
 import retrain
-from data import Relabeled, epoch_loader, load_dataset
+from data import Relabeled, load_dataset
+from loaders import epoch_loader
 from spaces import SPACES
 
 # ----------------------------------------------------------------------------------------------------------------------
-# common.run under torchrun: a lost peer and any other failure of the distributed layer are one line with their cause
+# cli.run under torchrun: a lost peer and any other failure of the distributed layer are one line with their cause
 
 NCCL_SETUP = (
     "NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1970, unhandled system error (run with "
@@ -28,7 +30,7 @@ NCCL_SETUP = (
 
 
 def run_failing(monkeypatch, capsys, err, initialized=True):
-    """common.run of a main() that raises `err` on rank 1; returns (exit status, stderr lines)."""
+    """cli.run of a main() that raises `err` on rank 1; returns (exit status, stderr lines)."""
     monkeypatch.setattr(dist, "is_initialized", lambda: initialized)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setattr(sys, "argv", ["train.py"])
@@ -37,7 +39,7 @@ def run_failing(monkeypatch, capsys, err, initialized=True):
         raise err
 
     with pytest.raises(SystemExit) as exit_info:
-        common.run(main)
+        cli.run(main)
     return exit_info.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
@@ -85,7 +87,7 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch, capsys):
                              (RuntimeError("DataLoader timed out after 5 seconds"), False)]:  # fmt: skip
         monkeypatch.setattr(dist, "is_initialized", lambda: initialized)
         with pytest.raises(RuntimeError, match=str(err)):
-            common.run(lambda: (_ for _ in ()).throw(err))
+            cli.run(lambda: (_ for _ in ()).throw(err))
 
 
 def test_a_kernel_without_deterministic_version_is_a_one_line_error(monkeypatch, capsys):
@@ -125,10 +127,10 @@ def restore_determinism():
 def test_set_determinism_sets_every_switch(restore_determinism, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     cuda = torch.device("cuda", 0)  # the switches are process-wide: no GPU is needed to set them
-    common.set_determinism(False, cuda)
+    distributed.set_determinism(False, cuda)
     assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
-    common.set_determinism(True, cuda)
+    distributed.set_determinism(True, cuda)
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
@@ -176,7 +178,7 @@ def test_evaluate_equals_the_per_batch_computation_and_uses_amp_and_the_memory_f
     arch = space.parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
     torch.manual_seed(0)
     model = space.network(arch, dict(channels=4, layers=1, num_classes=10))
-    d = common.Dist(False, 0, 0, 1, torch.device("cpu"))
+    d = distributed.Dist(False, 0, 0, 1, torch.device("cpu"))
     cpu = torch.device("cpu")
     for fast in (True, False):
         ref = evaluate_per_batch(model, tiny_test_loader(fast), cpu)
@@ -211,7 +213,7 @@ def test_auto_memory_format_avoids_channels_last_under_cpu_amp():
     # channels_last is the fast CPU layout, but PyTorch's CPU bf16 weight gradient of DARTS' dilated depthwise conv
     # reads garbage in it: --amp on CPU keeps the default layout unless the user asks for channels_last explicitly
     cpu = torch.device("cpu")
-    assert common.memory_format("auto", cpu) == torch.channels_last
-    assert common.memory_format("auto", cpu, amp=True) == torch.contiguous_format
-    assert common.memory_format("channels_last", cpu, amp=True) == torch.channels_last
-    assert common.memory_format("auto", torch.device("meta"), amp=False) == torch.contiguous_format
+    assert distributed.memory_format("auto", cpu) == torch.channels_last
+    assert distributed.memory_format("auto", cpu, amp=True) == torch.contiguous_format
+    assert distributed.memory_format("channels_last", cpu, amp=True) == torch.channels_last
+    assert distributed.memory_format("auto", torch.device("meta"), amp=False) == torch.contiguous_format

@@ -7,7 +7,10 @@ import pytest
 import torch
 from test_scripts import TINY, run
 
-import common
+import cli
+import files
+import search
+import spaces
 
 
 def assert_user_error(res, *words):
@@ -198,16 +201,16 @@ def test_population_larger_than_the_space_and_image_too_small():
     import spaces as S
 
     nb201 = S.SPACES["nb201"]
-    common.check_population(15625, nb201.gene_choices({}))  # the whole space: possible
-    with pytest.raises(common.UsageError, match="larger than the search space"):
-        common.check_population(15626, nb201.gene_choices({}))
+    search.check_population(15625, nb201.gene_choices({}))  # the whole space: possible
+    with pytest.raises(cli.UsageError, match="larger than the search space"):
+        search.check_population(15626, nb201.gene_choices({}))
     net_args = dict(space="nb201", channels=4, layers=1, num_classes=10)
     with torch.device("meta"):
         net = nb201.supernet(net_args)
     path = nb201.sample_path(torch.Generator().manual_seed(0), net_args)
-    common.check_image_size(net, 8, path)
-    with pytest.raises(common.UsageError) as e:
-        common.check_image_size(net, 2, path, what="nb201 supernet")
+    spaces.check_image_size(net, 8, path)
+    with pytest.raises(cli.UsageError) as e:
+        spaces.check_image_size(net, 2, path, what="nb201 supernet")
     assert "--image-size 2 is too small for the nb201 supernet" in str(e.value) and "fits is 3" in str(e.value)
 
 
@@ -246,41 +249,41 @@ DELETE = object()
     ],
 )
 def test_edited_checkpoint_fields(run_dir, key, value, words):
-    ckpt = common.load_checkpoint(str(run_dir / "supernet.pt"))
-    assert common.check_checkpoint(ckpt, "supernet.pt", "train") is ckpt  # the real file passes
-    with pytest.raises(common.UsageError) as e:
-        common.check_checkpoint(edited(ckpt, key, value), "supernet.pt", "supernet")
+    ckpt = files.load_checkpoint(str(run_dir / "supernet.pt"))
+    assert files.check_checkpoint(ckpt, "supernet.pt", "train") is ckpt  # the real file passes
+    with pytest.raises(cli.UsageError) as e:
+        files.check_checkpoint(edited(ckpt, key, value), "supernet.pt", "supernet")
     assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
 
 
 def test_checkpoint_references_and_weights(run_dir):
-    ckpt = common.load_checkpoint(str(run_dir / "supernet.pt"))
+    ckpt = files.load_checkpoint(str(run_dir / "supernet.pt"))
     fp = ckpt["w0"]["fingerprint"]
     for name in ("../../etc/passwd", "/etc/passwd", "", ".."):  # the file never decides where search.py reads
-        with pytest.raises(common.UsageError, match="not a file beside the checkpoint|not a W0 reference"):
-            common.check_checkpoint(edited(ckpt, "w0", {"file": name, "fingerprint": fp}), "x.pt", "supernet")
+        with pytest.raises(cli.UsageError, match="not a file beside the checkpoint|not a W0 reference"):
+            files.check_checkpoint(edited(ckpt, "w0", {"file": name, "fingerprint": fp}), "x.pt", "supernet")
     args = dict(ckpt["supernet_args"])
     for field, value in (("layers", 10**9), ("channels", "4"), ("num_classes", True), ("layers", 0)):
-        with pytest.raises(common.UsageError, match=f"field '{field}'"):
-            common.check_checkpoint(edited(ckpt, "supernet_args", {**args, field: value}), "x.pt", "supernet")
-    with pytest.raises(common.UsageError, match="grad_holders names 'nope'"):
-        common.check_checkpoint(edited(ckpt, "grad_holders", ["nope"]), "x.pt", "train")
+        with pytest.raises(cli.UsageError, match=f"field '{field}'"):
+            files.check_checkpoint(edited(ckpt, "supernet_args", {**args, field: value}), "x.pt", "supernet")
+    with pytest.raises(cli.UsageError, match="grad_holders names 'nope'"):
+        files.check_checkpoint(edited(ckpt, "grad_holders", ["nope"]), "x.pt", "train")
     model = {k: v.clone() for k, v in ckpt["model"].items()}
     name = next(k for k, v in model.items() if v.is_floating_point())
     model[name] = torch.full_like(model[name], float("nan"))
-    with pytest.raises(common.UsageError, match="NaN or inf weights"):
-        common.check_checkpoint(edited(ckpt, "model", model), "x.pt", "supernet")
-    init = common.load_checkpoint(str(run_dir / "supernet_init.pt"))
-    assert common.check_checkpoint(init, "init.pt", "init") is init
-    with pytest.raises(common.UsageError, match="not a W0 file"):
-        common.check_checkpoint(ckpt, "supernet.pt", "init")
+    with pytest.raises(cli.UsageError, match="NaN or inf weights"):
+        files.check_checkpoint(edited(ckpt, "model", model), "x.pt", "supernet")
+    init = files.load_checkpoint(str(run_dir / "supernet_init.pt"))
+    assert files.check_checkpoint(init, "init.pt", "init") is init
+    with pytest.raises(cli.UsageError, match="not a W0 file"):
+        files.check_checkpoint(ckpt, "supernet.pt", "init")
 
 
 def test_saved_config_is_checked_against_the_flags(run_dir):
     import train
 
-    config = common.load_checkpoint(str(run_dir / "supernet.pt"))["config"]
-    assert common.check_config(config, train.p, "supernet.pt") is config
+    config = files.load_checkpoint(str(run_dir / "supernet.pt"))["config"]
+    assert files.check_config(config, train.p, "supernet.pt") is config
     for key, value, words in (
         ("epochs", "abc", ["--epochs", "'abc'"]),
         ("momentum", float("nan"), ["--momentum", "finite"]),
@@ -288,8 +291,8 @@ def test_saved_config_is_checked_against_the_flags(run_dir):
         ("nesterov", "yes", ["--nesterov", "true or false"]),
         ("lr", -1.0, ["--lr", ">= 0"]),
     ):
-        with pytest.raises(common.UsageError) as e:
-            common.check_config({**config, key: value}, train.p, "supernet.pt")
+        with pytest.raises(cli.UsageError) as e:
+            files.check_config({**config, key: value}, train.p, "supernet.pt")
         assert all(w in str(e.value) for w in words), str(e.value)
 
 
@@ -306,8 +309,8 @@ def test_json_inputs(tmp_path, run_dir):
         str(tmp_path / "bad.json"): "not valid JSON",
     }
     for path, words in cases.items():
-        with pytest.raises(common.UsageError, match=words) as e:
-            common.load_json(path, "--ckpt-search")
+        with pytest.raises(cli.UsageError, match=words) as e:
+            files.load_json(path, "--ckpt-search")
         assert "\n" not in str(e.value)
 
 

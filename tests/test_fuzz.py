@@ -2,8 +2,8 @@
 
 - every numeric flag of train.py, search.py and retrain.py with NaN, inf, 0, negative, huge and malformed values:
   refused at parse time with one line and exit status 2, or accepted inside the flag's documented range;
-- a few hundred truncated, bit-flipped and hand-edited supernet checkpoints through common.load_checkpoint and
-  common.check_checkpoint in-process: each one is a one-line UsageError or a checkpoint that passes every check,
+- a few hundred truncated, bit-flipped and hand-edited supernet checkpoints through files.load_checkpoint and
+  files.check_checkpoint in-process: each one is a one-line UsageError or a checkpoint that passes every check,
   never another exception; and a handful of them through search.py: exit 2, one line, nothing written.
 """
 
@@ -18,7 +18,8 @@ import torch
 from test_errors import assert_user_error
 from test_scripts import TINY, run
 
-import common
+import cli
+import files
 import retrain
 import search
 import train
@@ -58,7 +59,7 @@ def in_range(action, text):
 @pytest.mark.parametrize("script", sorted(PARSERS))
 def test_every_numeric_flag(script, capsys):
     parser, extra = PARSERS[script]
-    assert not [a.dest for a in parser._actions if a.type in (int, float)], "a numeric flag without common.number"
+    assert not [a.dest for a in parser._actions if a.type in (int, float)], "a numeric flag without cli.number"
     flags = numeric_flags(parser)
     assert len(flags) >= 12
     for action in flags:
@@ -169,7 +170,7 @@ def mutations(raw: bytes, ckpt: dict):
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
 def test_checkpoint_fuzz(supernet_pt, tmp_path):
     raw = supernet_pt.read_bytes()
-    ckpt = common.check_checkpoint(common.load_checkpoint(str(supernet_pt)), str(supernet_pt), "train")
+    ckpt = files.check_checkpoint(files.load_checkpoint(str(supernet_pt)), str(supernet_pt), "train")
     outcomes, unreadable = {"refused": 0, "passed": 0}, {}
     path = str(tmp_path / "mutant.pt")
     for name, data in mutations(raw, ckpt):
@@ -177,12 +178,12 @@ def test_checkpoint_fuzz(supernet_pt, tmp_path):
             f.write(data)
         stage = "load"
         try:
-            loaded = common.load_checkpoint(path)
+            loaded = files.load_checkpoint(path)
             stage = "check"
-            common.check_checkpoint(loaded, path, "train")
+            files.check_checkpoint(loaded, path, "train")
             outcomes["passed"] += 1  # e.g. a flipped bit inside a weight, an optional field deleted: still valid
             assert " = " not in name and not name.startswith(GARBAGE), name
-        except common.UsageError as err:
+        except cli.UsageError as err:
             msg = str(err)
             assert msg and "\n" not in msg and path in msg, (name, msg)
             outcomes["refused"] += 1
@@ -204,11 +205,11 @@ GARBAGE = ("truncated", "hello", "0x80", "text", "zeros", "random", "a ")
 
 def test_parse_helper_sees_the_parsed_value():
     # guard for the fuzz above: parse() returns the value argparse stored, so an accepted NaN would show as NaN
-    p = common.Parser(prog="t")
-    p.add_argument("--x", type=common.number(float, 0))
+    p = cli.Parser(prog="t")
+    p.add_argument("--x", type=cli.number(float, 0))
     assert p.parse_args(["--x", "2.5"]).x == 2.5
     with pytest.raises(argparse.ArgumentTypeError):
-        common.number(float, 0)("nan")
+        cli.number(float, 0)("nan")
 
 
 HAND_EDITS = {

@@ -147,17 +147,17 @@ def test_corrupt_log_line_on_resume(tmp_path):
 def test_resume_messages_never_send_the_user_in_a_circle(tmp_path):
     """Whatever an interrupted run left, the two commands never refuse each other: the directory is either resumable,
     or empty enough for a new run without --force, or not a run at all (then --out DIR)."""
-    import checkpoint
+    import rundir
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json.tmp").write_text("{")  # killed while writing its first file
     (out / "run.lock").write_text("")
-    with pytest.raises(checkpoint.UsageError, match="only temp files; drop --resume"):
-        checkpoint.check_run_dir(str(out), resume=True, force=False, marker="supernet.pt")
-    checkpoint.check_run_dir(str(out), resume=False, force=False, marker="supernet.pt")  # a new run may start there
+    with pytest.raises(rundir.UsageError, match="only temp files; drop --resume"):
+        rundir.check_run_dir(str(out), resume=True, force=False, marker="supernet.pt")
+    rundir.check_run_dir(str(out), resume=False, force=False, marker="supernet.pt")  # a new run may start there
     (out / "log.jsonl").write_text("{}\n")
-    with pytest.raises(checkpoint.UsageError, match="neither supernet.pt nor config.json.*--out DIR"):
-        checkpoint.check_run_dir(str(out), resume=True, force=False, marker="supernet.pt")
+    with pytest.raises(rundir.UsageError, match="neither supernet.pt nor config.json.*--out DIR"):
+        rundir.check_run_dir(str(out), resume=True, force=False, marker="supernet.pt")
     (out / "config.json").write_text("{}")
-    checkpoint.check_run_dir(str(out), resume=True, force=False, marker="supernet.pt")  # resumable from epoch 0
+    rundir.check_run_dir(str(out), resume=True, force=False, marker="supernet.pt")  # resumable from epoch 0

@@ -19,9 +19,11 @@ from PIL import Image
 from test_errors import assert_user_error
 from test_scripts import TINY, run
 
-import checkpoint
-import common
-from data import DataError, Relabeled, load_dataset, make_loader
+import cli
+import files
+import rundir
+from data import DataError, Relabeled, load_dataset
+from loaders import make_loader
 
 RETRAIN = "--arch |nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|none~1|skip_connect~2| --channels 4 --layers 1".split()
 RETRAIN += "--dataset fake --fake-images 32 --image-size 8 --batch-size 16 --workers 0 --epochs 1".split()
@@ -250,15 +252,15 @@ class FillingDisk:
 @pytest.mark.parametrize("room", [0, 100, 50_000])
 def test_full_disk_names_the_disk_and_keeps_the_old_file(tmp_path, monkeypatch, room):
     path = tmp_path / "supernet.pt"
-    common.atomic_save({"model": {"w": torch.zeros(3)}}, str(path))
+    files.atomic_save({"model": {"w": torch.zeros(3)}}, str(path))
     before = listing(tmp_path)
-    monkeypatch.setattr(common, "_open_temp", lambda tmp, mode="wb": FillingDisk(tmp, room))
-    with pytest.raises(common.UsageError) as e:
-        common.atomic_save({"model": {"w": torch.ones(100_000)}}, str(path))  # 400 kB: more than the room left
+    monkeypatch.setattr(files, "_open_temp", lambda tmp, mode="wb": FillingDisk(tmp, room))
+    with pytest.raises(cli.UsageError) as e:
+        files.atomic_save({"model": {"w": torch.ones(100_000)}}, str(path))  # 400 kB: more than the room left
     msg = str(e.value)
     assert "disk is full" in msg and str(path) in msg and "inline_container" not in msg and "\n" not in msg, msg
-    with pytest.raises(common.UsageError, match="disk is full"):
-        common.atomic_write_json({"x": "y" * 100_000}, str(tmp_path / "search.json"))
+    with pytest.raises(cli.UsageError, match="disk is full"):
+        files.atomic_write_json({"x": "y" * 100_000}, str(tmp_path / "search.json"))
     assert listing(tmp_path) == before  # the old checkpoint intact, no .tmp left
 
 
@@ -266,24 +268,24 @@ def test_read_only_directory_and_files_in_the_way(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     before = listing(tmp_path)
     # an --out under a file, or a directory where search.py writes a file
-    with pytest.raises(common.UsageError, match="is a file, not a directory"):
-        common.check_writable(str(tmp_path / "a_file" / "run"), "--out", directory=True)
-    with pytest.raises(common.UsageError, match="is a directory"):
-        common.check_writable(str(tmp_path), "--out")
+    with pytest.raises(cli.UsageError, match="is a file, not a directory"):
+        files.check_writable(str(tmp_path / "a_file" / "run"), "--out", directory=True)
+    with pytest.raises(cli.UsageError, match="is a directory"):
+        files.check_writable(str(tmp_path), "--out")
     res = run("retrain.py", *RETRAIN, "--out", tmp_path / "a_file", check=False)
     assert_user_error(res, "is a file")
     # a read-only place (as root, chmod does not stop a write: the refusals are simulated where they happen)
-    monkeypatch.setattr(common.os, "access", lambda path, mode: False)
-    with pytest.raises(common.UsageError, match="cannot write in"):
-        checkpoint.check_run_dir(str(tmp_path / "new"), resume=False, force=False, marker="supernet.pt")
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False)
+    with pytest.raises(cli.UsageError, match="cannot write in"):
+        rundir.check_run_dir(str(tmp_path / "new"), resume=False, force=False, marker="supernet.pt")
 
     def read_only(tmp, mode="wb"):
         open(tmp, mode).close()  # created, then the write fails: the temp file must still go
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(common, "_open_temp", read_only)
-    with pytest.raises(common.UsageError, match="read-only file system") as e:
-        common.atomic_save({"model": {"w": torch.zeros(2)}}, str(tmp_path / "x.pt"))
+    monkeypatch.setattr(files, "_open_temp", read_only)
+    with pytest.raises(cli.UsageError, match="read-only file system") as e:
+        files.atomic_save({"model": {"w": torch.zeros(2)}}, str(tmp_path / "x.pt"))
     assert "\n" not in str(e.value)
     assert listing(tmp_path) == before
 
@@ -292,7 +294,7 @@ def test_planted_symlink_at_the_temp_name_is_not_followed(tmp_path):
     victim = tmp_path / "thesis.tex"
     victim.write_text("years of work\n")
     os.symlink(victim, tmp_path / "supernet.pt.tmp")  # what a crafted run directory could hold
-    common.atomic_save({"model": {"w": torch.zeros(2)}}, str(tmp_path / "supernet.pt"))
+    files.atomic_save({"model": {"w": torch.zeros(2)}}, str(tmp_path / "supernet.pt"))
     assert victim.read_text() == "years of work\n"
     assert not os.path.islink(tmp_path / "supernet.pt") and not os.path.lexists(tmp_path / "supernet.pt.tmp")
     assert torch.load(tmp_path / "supernet.pt", weights_only=True)["model"]["w"].shape == (2,)
@@ -300,16 +302,16 @@ def test_planted_symlink_at_the_temp_name_is_not_followed(tmp_path):
 
 def test_non_finite_weights_are_never_written(tmp_path):
     path = tmp_path / "supernet.pt"
-    common.atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 1}, str(path))
+    files.atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 1}, str(path))
     before = listing(tmp_path)
     for bad in (float("nan"), float("inf")):
         w = torch.zeros(3)
         w[1] = bad
-        with pytest.raises(common.UsageError, match="model.w holds NaN or inf") as e:
-            common.atomic_save({"model": {"w": w}, "epoch": 2}, str(path))
+        with pytest.raises(cli.UsageError, match="model.w holds NaN or inf") as e:
+            files.atomic_save({"model": {"w": w}, "epoch": 2}, str(path))
         assert "last good one" in str(e.value)
-    with pytest.raises(common.UsageError, match=r"optimizer.state.0.momentum_buffer"):
-        common.atomic_save(
+    with pytest.raises(cli.UsageError, match=r"optimizer.state.0.momentum_buffer"):
+        files.atomic_save(
             {"model": {}, "optimizer": {"state": {0: {"momentum_buffer": torch.tensor([-math.inf])}}}}, str(path)
         )
     assert listing(tmp_path) == before

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from helpers import call
 
 import supernet as S
 
@@ -29,7 +30,11 @@ def script_env(**extra) -> dict:
 TINY = tiny_flags() + ["--log-every", "1"]
 
 
-def run(script, *args, check=True, cwd=None, launcher=None):
+def run(script, *args, check=True, cwd=None, launcher=None, process=False):
+    """The script with these flags: in-process (helpers.call: main() under cli.run, as `python script` runs it) unless
+    a real process is needed (`process=True`, or a launcher such as torchrun)."""
+    if launcher is None and not process:
+        return call(script, *args, check=check, cwd=cwd)
     env = script_env()
     cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, script), *map(str, args)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)

@@ -50,8 +50,9 @@ def test_help_reads_the_method_first_and_shows_each_recipe():
     groups = [text.index(f"\n{name}:") for name in ("method", "data", "report", "run and resume", "speed")]
     assert groups == sorted(groups)
     flat = " ".join(text.split())  # argparse wraps the help text
-    assert "candidates per generation (nb201 100, darts 50, mobilenet 50)" in flat
-    assert "generations (nb201 20, darts 20, mobilenet 20)" in flat and "(mobilenet 475;" in flat
+    # one format in the three scripts: "(recipe: <space> <value>, ...)" after every flag a recipe fills
+    assert "candidates per generation (recipe: nb201 100, darts 50, mobilenet 50)" in flat
+    assert "generations (recipe: nb201 20, darts 20, mobilenet 20)" in flat and "(recipe: mobilenet 475.0)" in flat
 
 
 def test_without_data_the_runs_folder_is_read_never_written(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_scripts import run
 
-import common
+import cli
 
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 TABLE5_ARCH = "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2"  # RLNAS's MobileNet model_id (paper Table 5)
@@ -35,7 +35,7 @@ def test_help_reads_the_method_first_and_shows_each_recipe(script, monkeypatch):
 
 
 def test_show_recipes_names_a_space_with_one_variant_by_the_space_alone():
-    p = common.Parser()
+    p = cli.Parser()
     p.add_argument("--lr", default=None, help="lr")
     p.add_argument("--seed", default=0, help="seed")
     p.show_recipes({("a", "cifar"): {"lr": 0.1}, ("b", "cifar"): {"lr": 1e-4}, ("b", "imagenet"): {"lr": 0.5}})
