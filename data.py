@@ -28,12 +28,14 @@ import functools
 import os
 import pickle
 import socket
+import stat
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from cli import UsageError
+from distributed import physical_memory
 
 # torchvision is imported where it is used, never at the top: importing it takes about 1.5 s of every start on a
 # CPU (it loads torch._dynamo), which search.py, the batched tensor path and every one-line error never need.
@@ -205,6 +207,7 @@ class FileImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path = self.samples[i][0]
+        _check_data_file(path)  # a FIFO would block the open below forever, a device read without end
         try:
             from torchvision.datasets.folder import default_loader  # a lookup once torchvision is imported
 
@@ -218,6 +221,17 @@ class FileImages(Dataset):
         return self.transform(image), int(self.targets[i])
 
 
+def _check_data_file(path: str, what: str = "image") -> None:
+    """A data file is read only if it is a regular file: a FIFO blocks the open forever, a device reads without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path!r} ({_one_line(e)}); restore that file or delete it") from None
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+        raise DataError(f"{what} {path!r} is {kind}, not a regular file; replace it with the data file or remove it")
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # BOILERPLATE: one loader per dataset kind.
 
@@ -227,6 +241,9 @@ def _load_cifar(name: str, root: str, train: bool, download: bool = True) -> Ten
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     folder = os.path.join(root, cls.base_folder)
+    for file_name, _ in cls.train_list + cls.test_list:  # torchvision reads them to check their md5
+        if os.path.lexists(os.path.join(folder, file_name)):
+            _check_data_file(os.path.join(folder, file_name), f"{name} file")
     try:
         ds = cls(root, train=train, download=False)
     except Exception as e:  # torchvision says RuntimeError('Dataset not found or corrupted') for both cases
@@ -281,6 +298,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def _read_imagenet16_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One NB201 ImageNet16 pickle -> (rows uint8 (n, 768), raw labels int64 (n,)), checked, without running code."""
+    _check_data_file(path, "imagenet16-120 file")
     try:
         with open(path, "rb") as f:
             entry = _BatchUnpickler(f, encoding="latin1").load()  # {'data': uint8 (n, 768), 'labels': ints 1..1000}
@@ -309,7 +327,7 @@ def _load_imagenet16(root: str, train: bool) -> TensorImages:
     names = [f"train_data_batch_{i}" for i in range(1, 11)] if train else ["val_data"]
     # The NB201 download unpacks into ImageNet16/, so accept --data pointing at it or at its parent.
     folder = next((d for d in (root, os.path.join(root, "ImageNet16")) if os.path.isfile(os.path.join(d, names[0]))), root)
-    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    missing = [n for n in names if not os.path.exists(os.path.join(folder, n))]
     if missing:
         raise DataError(
             f"imagenet16-120: missing {', '.join(missing)} in {folder!r} (expected the NAS-Bench-201 "
@@ -381,6 +399,12 @@ def _load_fake(train: bool, size: int, num_images: int, num_classes: int, seed: 
     # Seeds 2*seed (train) and 2*seed+1 (test): a distinct stream for every (seed, split) and no global RNG touched.
     g = torch.Generator().manual_seed(2 * seed + (0 if train else 1))
     n = num_images if train else max(1, num_images // 4)
+    need, have = n * 3 * size * size, physical_memory()  # uint8 bytes, before any copy to a device
+    if need > have // 2:
+        raise DataError(
+            f"--dataset fake: {n:,} images of {size}x{size} need {need / 2**30:,.1f} GiB of memory, more than half of "
+            f"this machine's {have / 2**30:,.1f} GiB; lower --fake-images or --image-size"
+        )
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)  # (N, 3, S, S)
     targets = torch.randint(0, num_classes, (n,), generator=g)  # (N,)
     return TensorImages(images, targets, num_classes)
@@ -423,6 +447,8 @@ def load_dataset(
         ds = _load_folder(root, train, name)
     else:
         ds = _load_fake(train, size, fake_images, fake_classes, fake_seed)
+    if len(ds) == 0:  # an empty split would train nothing, or test on nothing and report NaN as "diverged"
+        raise DataError(f"{name}: the {split} split in {root!r} holds no images; check --data (or the files in it)")
     # The test split is never augmented, whatever the caller asks (method.md §3: test = normalize only).
     aug = augment and train
     if name == "imagenet":

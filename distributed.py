@@ -40,6 +40,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (8 GiB where the OS does not say): the ceiling of what a run may hold in memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
 def memory_format(name: str, device: torch.device, amp: bool = False) -> torch.memory_format:
     """--memory-format: auto picks channels_last on CPU, where oneDNN convolutions run about 1.6x faster in it
     (bench.py), and the default layout on GPUs until bench.py --device cuda says otherwise. On CPU with --amp, auto

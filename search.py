@@ -188,7 +188,7 @@ def evolution_settings(args, space, net_args: dict) -> dict:
     if not args.exhaustive:  # a first generation larger than the space would draw for minutes, then fail
         check_population(args.population, space.gene_choices(net_args))
         need = args.population * args.generations * MEMORY_PER_CANDIDATE
-        have = _physical_memory()
+        have = distributed.physical_memory()
         if need > have / 2:
             raise UsageError(f"--population {args.population} x --generations {args.generations} would hold about {need / 2**30:,.1f} GiB of candidates, more than half of this machine's {have / 2**30:.1f} GiB; pass a smaller --population")  # noqa: E501
     keys = ("population", "topk", "mutations", "crossovers", "mutation_prob", "generations", "seed")
@@ -201,13 +201,6 @@ def check_population(population: int, choices: list[list[int]]) -> None:
     size = math.prod(len(c) for c in choices)
     if population > size:
         raise UsageError(f"--population {population} is larger than the search space ({size:,} architectures); pass a smaller --population, or score every architecture with --exhaustive (NB201)")  # noqa: E501
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
 
 
 def flops_constraint(args, space, net_args):

@@ -9,10 +9,12 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from helpers import call
 from test_reliability import log_without_timing, start
@@ -29,8 +31,9 @@ RETRAIN += "--dataset fake --fake-images 32 --image-size 8 --batch-size 16 --wor
 
 
 def listing(root) -> dict:
-    """Every entry under root: a file's bytes, a symlink's target (never followed), a folder as such."""
-    if not any(os.path.islink(os.path.join(f, n)) for f, dirs, names in os.walk(root) for n in dirs + names):
+    """Every entry under root: a file's bytes, a symlink's target (never followed), a folder or a FIFO as such."""
+    entries = [os.path.join(f, n) for f, dirs, names in os.walk(root) for n in dirs + names]
+    if not any(os.path.islink(p) or not (os.path.isdir(p) or os.path.isfile(p)) for p in entries):
         return _listing(root)
     found = {}
     for folder, dirs, names in os.walk(root):
@@ -41,6 +44,8 @@ def listing(root) -> dict:
                 found[rel] = ("link", os.readlink(path))
             elif os.path.isdir(path):
                 found[rel] = ("dir",)
+            elif not os.path.isfile(path):
+                found[rel] = ("special", stat.S_IFMT(os.stat(path).st_mode))
             else:
                 found[rel] = open(path, "rb").read()
     return found
@@ -384,6 +389,78 @@ def test_files_that_are_not_regular_files(trained, tmp_path):
     t0 = time.time()
     one_line(call("train.py", "--resume", "--out", fifo_run, check=False), "log.jsonl", "FIFO")
     assert time.time() - t0 < 60 and listing(trained) == before
+
+
+class deadline:
+    """A test that would hang (a FIFO read) fails after `seconds` instead: SIGALRM raises in the main thread."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        def expire(signum, frame):
+            raise AssertionError(f"still running after {self.seconds} s: it waits on something")
+
+        self.old = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.old)
+
+
+def test_data_files_that_are_not_regular_files(tmp_path):
+    from test_safety import write_folder, write_imagenet16
+
+    write_folder(tmp_path / "imgs", {})
+    victim = tmp_path / "imgs" / "train" / "a" / "1.png"
+    os.remove(victim)
+    os.mkfifo(victim)
+    before = listing(tmp_path)
+    flags = ["--dataset", "folder", "--data", tmp_path / "imgs", "--image-size", 8, "--channels", 4, "--layers", 1,
+             "--batch-size", 4, "--workers", 0, "--epochs", 1, "--out", tmp_path / "run"]  # fmt: skip
+    with deadline(60):
+        line = one_line(call("train.py", *flags, check=False), "1.png", "FIFO")
+    assert "remove it" in line
+    assert not (tmp_path / "run" / "supernet.pt").exists()
+    write_imagenet16(tmp_path / "in16")
+    os.remove(tmp_path / "in16" / "train_data_batch_3")
+    os.mkfifo(tmp_path / "in16" / "train_data_batch_3")
+    flags = ["--dataset", "imagenet16-120", "--data", tmp_path / "in16", "--channels", 4, "--layers", 1, "--workers", 0,
+             "--epochs", 1, "--out", tmp_path / "run16"]  # fmt: skip
+    with deadline(60):
+        one_line(call("train.py", *flags, check=False), "train_data_batch_3", "FIFO")
+    after = listing(tmp_path)
+    assert {k: v for k, v in after.items() if k.startswith("imgs")} == before  # the dataset untouched
+    assert not any(k.startswith("run16" + os.sep) and k.endswith(".pt") for k in after)  # no checkpoint written
+
+
+def test_fake_data_larger_than_the_machine(tmp_path):
+    before = listing(tmp_path)
+    res = call("train.py", "--dataset", "fake", "--fake-images", 10**6, "--image-size", 1024, "--out", tmp_path / "big",
+               check=False)  # fmt: skip
+    line = one_line(res, "--fake-images", "GiB", "lower --fake-images or --image-size")
+    assert "2,929.7 GiB of memory" in line  # 10**6 x 3 x 1024 x 1024 bytes
+    assert listing(tmp_path) == before  # no run directory left behind
+
+
+def test_an_empty_test_split_is_named_not_a_divergence(tmp_path):
+    import pickle
+
+    from test_safety import write_imagenet16
+
+    write_imagenet16(tmp_path / "in16")
+    with open(tmp_path / "in16" / "val_data", "wb") as f:
+        pickle.dump({"data": np.zeros((3, 768), np.uint8), "labels": [121, 500, 1000]}, f)  # none of the 120 classes
+    before = listing(tmp_path)
+    res = call("retrain.py", "--arch", ARCH, "--dataset", "imagenet16-120", "--data", tmp_path / "in16", "--channels", 4,
+               "--layers", 1, "--workers", 0, "--epochs", 1, "--out", tmp_path / "r", check=False)  # fmt: skip
+    line = one_line(res, "test split", "holds no images", "--data")
+    assert "diverged" not in line
+    assert listing(tmp_path) == before
+
+
+ARCH = "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|none~1|skip_connect~2|"
 
 
 def test_population_the_run_cannot_hold(tmp_path):
