@@ -45,6 +45,7 @@ import cli
 from angle import VECTORS, AngleScorer, movement
 from cli import UsageError, format_time, print0
 from data import DATASETS, Relabeled, load_dataset, split_indices, subset_indices
+from files import check_regular
 from loaders import epoch_loader, in_memory
 from rundir import is_search_output
 from supernet import all_archs, str_to_arch
@@ -184,8 +185,12 @@ def load_benchmark(path: str, parse: Callable[[str], tuple]) -> Benchmark:
     parse turns an architecture string into the tuple used everywhere else (supernet.str_to_arch); it
     raises ValueError on a malformed string. Every problem raises a one-line BenchmarkError.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise BenchmarkError(f"benchmark file not found: {path}")
+    try:
+        check_regular(path, "benchmark file")  # a FIFO or a device would be read forever
+    except UsageError as e:
+        raise BenchmarkError(str(e)) from None
     try:
         with open(path, "rb") as f:
             gzipped = f.read(2) == b"\x1f\x8b"  # the gzip magic number: read it compressed, whatever its name

@@ -382,6 +382,10 @@ def test_files_that_are_not_regular_files(trained, tmp_path):
     os.mkdir(tmp_path / "supernet_init.pt")
     one_line(call("search.py", "--ckpt", trained / "supernet.pt", "--w0", tmp_path / "supernet_init.pt", "--out",
                   tmp_path / "s.json", check=False), "is a directory")  # fmt: skip
+    os.mkfifo(tmp_path / "bench.csv")
+    with deadline(60):
+        one_line(call("search.py", "--ckpt", trained / "supernet.pt", "--benchmark", tmp_path / "bench.csv", "--out",
+                      tmp_path / "s.json", check=False), "bench.csv", "FIFO")  # fmt: skip
     fifo_run = tmp_path / "fifo"
     call("train.py", *TINY, "--epochs", 1, "--out", fifo_run)
     os.remove(fifo_run / "log.jsonl")
