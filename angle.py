@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from supernet import EDGE_KEYS, OPS, cell_layout
+from supernet import EDGE_KEYS, OPS, PATHS, cell_layout  # PATHS: the cell's four input-output paths
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,12 +81,6 @@ def pool_constant(c: int, device) -> torch.Tensor:
     return torch.full((c, 3, 3), 1.0 / 9.0, dtype=torch.float64, device=device)
 
 
-# ----------------------------------------------------------------------------------------------
-# RLNAS: the four input-to-output paths of the NB201 cell (method.md §4.2), as gene (edge) indices.
-#   P1 = 0->3: edge 3<-0        P2 = 0->2->3: 2<-0, 3<-2
-#   P3 = 0->1->2->3: 1<-0, 2<-1, 3<-2          P4 = 0->1->3: 1<-0, 3<-1
-# Edges on several paths (1<-0 on P3 and P4, 3<-2 on P2 and P3) are counted once per path.
-PATHS = ((3,), (1, 5), (0, 2, 5), (0, 4))
 NONE, SKIP, CONV1, CONV3, POOL = range(len(OPS))
 HEAD = ("stem.0.weight", "stem.1.weight", "stem.1.bias")  # stem conv + stem BN gamma, beta (464 at C=16)
 TAIL = ("lastact.0.weight", "lastact.0.bias", "classifier.weight", "classifier.bias")  # head BN + linear (778 at K=10)

@@ -140,14 +140,29 @@ def shared_path(arch: Arch, num_cells: int) -> list[Arch]:
     return [tuple(arch)] * num_cells
 
 
-def tie_key(arch: Arch) -> tuple:
-    """How search.py orders cells whose angles tie (evolution.rank).
+# RLNAS: the four input-to-output paths of the cell (method.md §4.2), as gene (edge) indices:
+#   P1 = 0->3: edge 3<-0        P2 = 0->2->3: 2<-0, 3<-2
+#   P3 = 0->1->2->3: 1<-0, 2<-1, 3<-2          P4 = 0->1->3: 1<-0, 3<-1
+# The angle's weight vector is built path by path (angle.py); the tie rule below counts them.
+PATHS = ((3,), (1, 5), (0, 2, 5), (0, 4))
 
-    RLNAS: ties are real. A skip on a path whose other edges are skips adds no weights, exactly like 'none', so
-    such cells share one angle. Documented rule: prefer fewer 'none' edges (keep the connection), then the smaller
-    op-index tuple; deterministic and independent of evaluation order.
+
+def tie_key(arch: Arch) -> tuple:
+    """How search.py orders cells whose angles tie (evolution.rank); the smallest key wins.
+
+    RLNAS: ties are real. The angle reads only the weights on input-to-output paths free of 'none'; a skip adds no
+    weight and a pool always adds the same constant, so tied cells differ only in what carries no trained weight.
+    Rule (method.md §4.6, argued before any accuracy was looked at): prefer the cell with the fewest WEIGHTLESS
+    live paths (all skips and pools: routes the angle cannot see), so that every path the chosen cell runs is one
+    whose weights were scored; then the fewest dead edges (ops on no live path, which never run); then the smaller
+    op-index tuple. Deterministic and independent of evaluation order.
     """
-    return (sum(o == 0 for o in arch), tuple(arch))
+    none, skip, pool = OPS.index("none"), OPS.index("skip_connect"), OPS.index("avg_pool_3x3")
+    live = [p for p in PATHS if all(arch[g] != none for g in p)]
+    weightless = sum(all(arch[g] in (skip, pool) for g in p) for p in live)
+    on_live = {g for p in live for g in p}
+    dead = sum(op != none and g not in on_live for g, op in enumerate(arch))
+    return (weightless, dead, tuple(arch))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -239,3 +239,28 @@ def test_movement_per_part():
     wt = {k: (-v if k == "stem.0.weight" else v) for k, v in w0.items()}
     moved = A.movement(w0, wt, net.args)
     assert moved["stem+head"] > 1 and moved["reductions"] < 1e-5 and moved["cell ops"] < 1e-5
+
+
+def test_nb201_tie_rule_prefers_the_cell_whose_paths_the_angle_scored():
+    """method.md §4.6: inside a tie group, fewest weightless live paths, then fewest dead edges, then the op tuple.
+
+    X runs one weighted path (3x3 conv on 1<-0, skip on 3<-1). Y adds a skip-only path 0->3 (weightless, unseen by
+    the angle); Z adds a skip on 2<-0 that reaches no output (dead). All three tie exactly; the rule orders X, Z, Y,
+    where the former rule (fewest 'none') put Y or Z first.
+    """
+    from evolution import rank, tie_group
+
+    X = S.str_to_arch("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|skip_connect~1|none~2|")
+    Y = S.str_to_arch("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|skip_connect~1|none~2|")
+    Z = S.str_to_arch("|nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|skip_connect~1|none~2|")
+    P = S.str_to_arch("|nor_conv_3x3~0|+|none~0|none~1|+|avg_pool_3x3~0|skip_connect~1|none~2|")  # a pool-only path
+    assert [S.tie_key(a)[:2] for a in (X, Y, Z, P)] == [(0, 0), (1, 0), (0, 1), (1, 0)]
+    torch.manual_seed(5)
+    w0 = S.Supernet(**TINY).state_dict()
+    wt, args = perturbed(w0, 0.3, 6), S.Supernet(**TINY).args
+    scores = dict(zip(S.all_archs(), A.AngleScorer(w0, wt, args).angles(S.all_archs()).tolist()))
+    assert scores[X] == scores[Y] == scores[Z] != scores[P]  # bit-identical sums: a real tie
+    ordered = rank(scores, S.tie_key, 1e-9)
+    assert [a for a in ordered if a in (X, Y, Z)] == [X, Z, Y]
+    group = tie_group(ordered, scores, 1e-9)  # the winner's group: its first member has the smallest key
+    assert ordered[0] == min(group, key=S.tie_key) and len(group) == sum(scores[a] == scores[ordered[0]] for a in scores)
