@@ -152,7 +152,7 @@ def tie_key(arch: Arch) -> tuple:
 
     RLNAS: ties are real. The angle reads only the weights on input-to-output paths free of 'none'; a skip adds no
     weight and a pool always adds the same constant, so tied cells differ only in what carries no trained weight.
-    Rule (method.md §4.6, argued before any accuracy was looked at): prefer the cell with the fewest WEIGHTLESS
+    Rule (method.md §5.1, argued before any accuracy was looked at): prefer the cell with the fewest WEIGHTLESS
     live paths (all skips and pools: routes the angle cannot see), so that every path the chosen cell runs is one
     whose weights were scored; then the fewest dead edges (ops on no live path, which never run); then the smaller
     op-index tuple. Deterministic and independent of evaluation order.

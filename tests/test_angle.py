@@ -242,7 +242,7 @@ def test_movement_per_part():
 
 
 def test_nb201_tie_rule_prefers_the_cell_whose_paths_the_angle_scored():
-    """method.md §4.6: inside a tie group, fewest weightless live paths, then fewest dead edges, then the op tuple.
+    """method.md §5.1: inside a tie group, fewest weightless live paths, then fewest dead edges, then the op tuple.
 
     X runs one weighted path (3x3 conv on 1<-0, skip on 3<-1). Y adds a skip-only path 0->3 (weightless, unseen by
     the angle); Z adds a skip on 2<-0 that reaches no output (dead). All three tie exactly; the rule orders X, Z, Y,

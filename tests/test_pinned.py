@@ -44,13 +44,13 @@ REFERENCE = "b10f05c"  # the commit whose behaviour every later one reproduces b
 # per machine they were recorded on. W0 is the same everywhere (the init draws no float sums).
 PINNED = {
     # recorded on d87fc2e (unchanged since: 1dacdee) on the project's machine of 2026-11, whose CPU was not recorded;
-    # its NB201 search digest predates the tie rule of method.md §4.6 and was not recorded again
+    # its NB201 search digest predates the tie rule of method.md §5.1 and was not recorded again
     "earlier machine (unrecorded CPU)": {
         "darts": ("aca70d26509b6b5b", "45b705b18ae0f543", "40444cdef5f2f3f8"),
         "mobilenet": ("c6d29f7b77854b4c", "6468421691efea30", "10654f26c3d92ec1"),
     },
     # recorded on 1dacdee, 2026-12-04: Intel Xeon (Sapphire Rapids: AVX-512, AMX), torch 2.14.1, 2 cores; the NB201
-    # search digest again on 2026-12-05 for the tie rule of method.md §4.6 (weights and W0 unchanged)
+    # search digest again on 2026-12-05 for the tie rule of method.md §5.1 (weights and W0 unchanged)
     "x86_64 AVX512 Intel(R) Xeon(R) Processor": {
         "nb201": ("f475fb8cbd03c404", "906280482659a97b", "b73e11c38dee7932"),
         "darts": ("08846d16c6fdcf2d", "45b705b18ae0f543", "739b13e44f3ae062"),
