@@ -323,7 +323,7 @@ def print_top(args, space, net_args, bench, scores, ordered, group) -> None:
         print(f"{i + 1:3d} {scores[a]:10.6f}  {accs}  {space.format(a)}")
     flops = f"  {space.flops(winner, net_args) / 1e6:.1f}M multiply-adds" if space.flops is not None else ""
     print(f"\nwinner: {space.format(winner)}  {args.fitness} {scores[winner]:.6f}{flops}  tie group of {len(group)} "
-          f"(scores within {TIE_TOL:g}; ties broken by the space's rule)")  # fmt: skip
+          f"(scores within {TIE_TOL:g}; ties broken by the space's rule, docs/method.md §5.1)")  # fmt: skip
 
 
 def tie_key(arch):
