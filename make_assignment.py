@@ -23,6 +23,7 @@ which need every exercise) are skipped in a copy whose exercises are not all don
     python make_assignment.py --out ../rlnas-student --exercises 1,3 # only these
     python make_assignment.py --out ../rlnas-student --force         # renew a copy this tool wrote (see below)
     python make_assignment.py --grade 3                              # run the tests that grade exercise 3
+    python make_assignment.py --grade 3 --time-limit 600             # ... stopped after 600 s (default 300)
     python make_assignment.py --restore ../rlnas-student --exercises 2   # put the reference back (stuck student)
 
 A student copy holds student_copy.json: every file and folder this tool wrote there, with each file's sha256.
@@ -40,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -121,6 +123,7 @@ END_TO_END_TESTS = (
 )
 KIT_ONLY = ("tests/test_assignments.py",)  # the kit's own test needs the reference: not in the student copy
 MANIFEST, MARK = "student_copy.json", "make_assignment.py student copy"  # what --force may renew (make_copy)
+TIME_LIMIT = 300.0  # seconds for grading one exercise (--time-limit): an endless loop in a student's code stops
 
 BEGIN = re.compile(r"^( *)# EXERCISE (\d+) BEGIN: (.+)$")
 END = re.compile(r"^( *)# EXERCISE (\d+) END$")
@@ -506,20 +509,41 @@ def test_results(report: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def grade(n: int, root: str = ROOT) -> int:
+def grade(n: int, root: str = ROOT, time_limit: float = TIME_LIMIT) -> int:
     """Run the tests that grade exercise n in `root`: one line per test that does not pass, then one summary line.
 
     The tracebacks (hundreds of lines with tensor dumps) stay out; the summary names the pytest command that shows
-    the first one. Returns pytest's exit status (0 when every graded test passes).
+    the first one. Returns pytest's exit status (0 when every graded test passes), or 124 (as timeout(1) does) when
+    the tests run past `time_limit` seconds: an endless loop in a student's code. pytest runs in a process group of
+    its own, killed as a whole then (and on Ctrl-C), so that no process of the student's code is left running.
     """
     tests = GRADED[n]
     with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.xml")
+        report, log = os.path.join(tmp, "report.xml"), os.path.join(tmp, "pytest.log")
         cmd = [sys.executable, "-m", "pytest", "-q", "--tb=no", "-p", "no:cacheprovider", f"--junitxml={report}", *tests]
-        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                returncode = proc.wait(timeout=time_limit)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            finally:
+                if proc.returncode is None:  # past the time limit, or interrupted here: the whole group goes
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait()
+        if returncode is None:
+            files = " ".join(sorted({test.split("::")[0] for test in tests}))
+            print(f"make_assignment.py: error: grading exercise {n} stopped at its time limit of {time_limit:g} s (an endless "
+                  f"loop?); see which test hangs with: python -m pytest -v {files}, or raise the limit with --time-limit "
+                  "SECONDS", file=sys.stderr)  # fmt: skip
+            return 124
         if not os.path.exists(report):  # pytest could not even start: show the end of what it said
-            print((done.stdout + done.stderr).strip()[-2000:])
-            return done.returncode or 1
+            with open(log) as f:
+                print(f.read().strip()[-2000:])
+            return returncode or 1
         results = test_results(report)
     bad = [(node, outcome, why) for node, outcome, why in results if outcome != "passed"]
     for node, outcome, why in bad:
@@ -529,7 +553,7 @@ def grade(n: int, root: str = ROOT) -> int:
         print(f"exercise {n}: {len(bad)} of {len(results)} graded test cases do not pass (traceback: {rerun})")
     else:
         print(f"exercise {n}: all {len(results)} graded test cases pass")
-    return done.returncode if bad else 0
+    return returncode if bad else 0
 
 
 p = cli.Parser(prog="make_assignment.py", description="Write a student copy without the chosen exercises (ASSIGNMENTS.md).")
@@ -538,6 +562,7 @@ p.add_argument("--exercises", default=None, help="comma-separated exercise numbe
 p.add_argument("--force", action="store_true", help="renew a copy this tool wrote; with --restore, overwrite a student's code")
 p.add_argument("--list", action="store_true", help="print the exercises, where they are and the tests that grade them")
 p.add_argument("--grade", type=cli.number(int), default=None, help="run the tests that grade exercise N (here)")
+p.add_argument("--time-limit", type=cli.number(float, 1, 86400), metavar="SECONDS", help="--grade's time limit (300)")
 p.add_argument("--restore", default=None, metavar="DIR", help="put the reference code of --exercises back into a student copy")
 
 
@@ -549,6 +574,8 @@ def main(argv=None):
         raise UsageError(f"malformed exercise markers: {err}") from None
     if sum(x is not None and x is not False for x in (args.out, args.grade, args.restore, args.list or None)) != 1:
         raise UsageError("give exactly one of --out DIR, --list, --grade N, --restore DIR")
+    if args.time_limit is not None and args.grade is None:
+        raise UsageError("--time-limit applies to --grade only; drop it, or add --grade N")
     if args.list:
         for n, blocks in known.items():
             print(f"Exercise {n}:")
@@ -558,7 +585,7 @@ def main(argv=None):
         return
     if args.grade is not None:
         chosen(str(args.grade), known)
-        sys.exit(grade(args.grade, ROOT))
+        sys.exit(grade(args.grade, ROOT, TIME_LIMIT if args.time_limit is None else args.time_limit))
     numbers = chosen(args.exercises, known)
     if args.restore:
         if not os.path.isdir(args.restore):

@@ -8,6 +8,7 @@ signals, two processes on one lock, a closed stdout and the imports.
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -452,8 +453,8 @@ def test_concurrent_searches_on_one_folder(trained, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# 2: the course kit. make_assignment.py --force renews only a student copy it wrote, and there only the files it
-# recorded (student_copy.json), unchanged since
+# 2, 12: the course kit. make_assignment.py --force renews only a student copy it wrote, and there only the files it
+# recorded (student_copy.json), unchanged since; --grade stops a student's endless loop at a time limit
 KIT = make_assignment
 
 
@@ -657,3 +658,46 @@ def test_kit_force_property_foreign_files_survive(tmp_path):
         assert listing(outside, folders=True) == before_outside
         outcomes.add(conflict)
     assert None in outcomes and len(outcomes) >= 4  # both renewals and refusals were seen
+
+
+def processes(folder, token) -> list[str]:
+    """The live processes working in `folder`, or with `token` on their command line (zombies have neither)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+        if token in cmdline or KIT.inside(cwd, os.path.realpath(folder)):
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the processes left through /proc")
+def test_kit_grade_stops_an_endless_loop_at_the_time_limit(tmp_path, monkeypatch):
+    copy = kit_copy(tmp_path / "copy", [1])
+    started = tmp_path / "started"  # outside the copy: the copy's listing must not change
+    loop = ["import subprocess, sys",
+            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {str(started)!r}])",
+            f"open({str(started)!r}, 'w').close()", "while True:", "    pass"]  # fmt: skip
+    text = (copy / "random_labels.py").read_text()
+    stub = re.search(r'^( *)raise NotImplementedError\("Exercise 1: .*$', text, re.M)
+    (copy / "random_labels.py").write_text(text.replace(stub[0], "\n".join(stub[1] + line for line in loop)))
+    monkeypatch.setattr(KIT, "ROOT", os.path.realpath(copy))  # grading in the copy, as its student does
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # the copy's listing stays as it was: no __pycache__ ...
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:benchmark")  # ... and no .benchmarks, if pytest-benchmark is installed
+    before = listing(copy, folders=True)
+    t0 = time.time()
+    res = call("make_assignment.py", "--grade", 1, "--time-limit", 5, check=False)
+    one_line(res, "grading exercise 1 stopped at its time limit of 5 s", "--time-limit SECONDS", status=124)
+    assert time.time() - t0 < 40 and started.exists()  # the loop ran (and started a process of its own)
+    t0 = time.time()
+    while processes(copy, str(started)) and time.time() - t0 < 10:  # SIGKILL is prompt, not instantaneous
+        time.sleep(0.1)
+    assert processes(copy, str(started)) == []  # the whole process group went: pytest and what the loop started
+    assert listing(copy, folders=True) == before
+    for bad in ("0", "-5", "nan", "inf", "soon"):
+        one_line(call("make_assignment.py", "--grade", 1, "--time-limit", bad, check=False), "--time-limit")
+    one_line(call("make_assignment.py", "--list", "--time-limit", 5, check=False), "--time-limit applies to --grade only")
