@@ -21,17 +21,28 @@ which need every exercise) are skipped in a copy whose exercises are not all don
     python make_assignment.py --list                                 # the exercises and their tests
     python make_assignment.py --out ../rlnas-student                 # all exercises removed
     python make_assignment.py --out ../rlnas-student --exercises 1,3 # only these
+    python make_assignment.py --out ../rlnas-student --force         # renew a copy this tool wrote (see below)
     python make_assignment.py --grade 3                              # run the tests that grade exercise 3
+    python make_assignment.py --grade 3 --time-limit 600             # ... stopped after 600 s (default 300)
     python make_assignment.py --restore ../rlnas-student --exercises 2   # put the reference back (stuck student)
+
+A student copy holds student_copy.json: every file and folder this tool wrote there, with each file's sha256.
+--force renews only such a copy, and only what that record lists: a file changed since it was written (a student's
+work) makes it refuse, a student's own files and folders stay. '.', the repository or a parent of it, a home
+directory and any git work tree are refused whatever they hold; a file or a symlink as --out is refused too.
 
 ASSIGNMENTS.md is the students' handout: reading, files, grading command, expected result, a question.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -111,6 +122,8 @@ END_TO_END_TESTS = (
     "tests/test_mobilenet.py::test_train_resume_is_exact",
 )
 KIT_ONLY = ("tests/test_assignments.py",)  # the kit's own test needs the reference: not in the student copy
+MANIFEST, MARK = "student_copy.json", "make_assignment.py student copy"  # what --force may renew (make_copy)
+TIME_LIMIT = 300.0  # seconds for grading one exercise (--time-limit): an endless loop in a student's code stops
 
 BEGIN = re.compile(r"^( *)# EXERCISE (\d+) BEGIN: (.+)$")
 END = re.compile(r"^( *)# EXERCISE (\d+) END$")
@@ -236,50 +249,206 @@ def repository_files(root: str) -> list[str]:
         for here, dirs, names in os.walk(root):
             dirs[:] = [d for d in dirs if d not in skip]
             files += [os.path.relpath(os.path.join(here, n), root) for n in names if not n.endswith((".pyc", ".tmp"))]
-    return sorted(f for f in set(files) if os.path.isfile(os.path.join(root, f)) and f not in KIT_ONLY)
+    return sorted(f for f in set(files) if os.path.isfile(os.path.join(root, f)) and f not in KIT_ONLY and f != MANIFEST)
 
 
 def make_copy(out: str, numbers: set[int], root: str = ROOT, force: bool = False) -> list[str]:
-    """Write the student copy into `out`; returns the files whose blocks were emptied."""
-    out = os.path.abspath(out)
-    if out == root or out.startswith(root + os.sep):
-        raise UsageError(f"{out} is inside the repository; write the student copy somewhere else")
-    if os.path.exists(out):
-        if not force:
-            raise UsageError(f"{out} already exists; choose another --out or add --force to replace it")
-        if os.listdir(out) and not os.path.exists(os.path.join(out, os.path.basename(__file__))):
-            raise UsageError(f"{out} is not a student copy (no {os.path.basename(__file__)}); --force only replaces those")
-        shutil.rmtree(out)
-    sources, changed = set(source_files(root)), []
-    for rel in repository_files(root):
-        dst = os.path.join(out, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if rel in sources:
-            with open(os.path.join(root, rel)) as f:
-                text = f.read()
-            new = strip(text, numbers, rel)
-            with open(dst, "w") as f:
-                f.write(new)
-            shutil.copymode(os.path.join(root, rel), dst)
-            if new != text:
-                changed.append(rel)
-        else:
-            shutil.copy2(os.path.join(root, rel), dst)
+    """Write the student copy into `out`; returns the files whose blocks were emptied.
+
+    Everything is checked before anything is touched (claim); an existing copy is then renewed in place (renew).
+    """
+    from files import write_error  # a full disk, a read-only place: one line (files.py imports torch: only --out does)
+
+    out = os.fspath(out)
+    files, changed = student_files(root, numbers)
+    real, old = claim(out, files, root, force)
+    try:
+        renew(real, files, root, old)
+    except OSError as err:
+        raise write_error(err, err.filename or out) from None
     return changed
+
+
+def student_files(root: str, numbers: set[int]) -> tuple[dict[str, bytes], list[str]]:
+    """{path: bytes} of the student copy (the chosen exercise blocks emptied), and the files whose blocks were."""
+    sources, files, changed = set(source_files(root)), {}, []
+    for rel in repository_files(root):
+        with open(os.path.join(root, rel), "rb") as f:
+            data = f.read()
+        if rel in sources:
+            new = strip(data.decode("utf-8"), numbers, rel).encode("utf-8")
+            if new != data:
+                data = new
+                changed.append(rel)
+        files[rel] = data
+    return files, changed
+
+
+def claim(out: str, files: dict[str, bytes], root: str, force: bool) -> tuple[str, dict | None]:
+    """May the student copy `files` be written into `out`? Its resolved path and the record of the copy already
+    there (None: a new or empty folder). Otherwise one line: `out` is a file or a symlink, the repository, inside it
+    or a parent of it; or it exists and is not a copy this tool wrote, or renewing it would lose a student's work."""
+    from rundir import _protected  # '.', a home or root directory, a git work tree
+
+    if os.path.islink(out.rstrip(os.sep)):
+        raise UsageError(f"--out {out} is a symbolic link (to {os.readlink(out.rstrip(os.sep))}); pass the folder itself")
+    real, root = os.path.realpath(out), os.path.realpath(root)  # symlinks and '..' resolved before any check
+    if os.path.exists(real) and not os.path.isdir(real):
+        raise UsageError(f"--out {out} is {kind(real)}, not a folder; pass --out DIR for the student copy")
+    if inside(real, root) or inside(root, real):
+        where = "inside the repository" if inside(real, root) else "a parent of the repository"
+        where = "the repository itself" if real == root else where
+        via = f" (it resolves to {real})" if real != os.path.abspath(out) else ""
+        raise UsageError(f"--out {out} is {where}{via}; write the student copy somewhere else, e.g. --out ../student")
+    if not os.path.isdir(real):
+        return real, None
+    old = read_manifest(real)
+    why = _protected(real)
+    if why is None and old is None and os.listdir(real):
+        why = f"it holds no {MANIFEST} written by make_assignment.py"
+    if why:
+        raise UsageError(f"--out {out} already exists and is not a student copy make_assignment.py may renew ({why}); "
+                         "pass another --out DIR")  # fmt: skip
+    lost = lost_work(real, old, files)
+    if lost:
+        raise UsageError(f"--out {out} is a student copy, but renewing it would lose {lost}; move that out of the copy "
+                         "or delete the copy yourself, or pass another --out DIR")  # fmt: skip
+    if old is not None and not force:
+        raise UsageError(f"--out {out} already exists (a student copy); add --force to renew it, or pass another --out DIR")
+    return real, old
+
+
+def lost_work(real: str, old: dict | None, files: dict[str, bytes]) -> str | None:
+    """What renewing the copy at `real` would lose, or None: a file this tool wrote, changed since (a student's
+    work); something else where the new copy puts a file; a link or a file where the new copy needs a folder."""
+    recorded = old["files"] if old else {}
+    for folder in sorted({folder for rel in [*recorded, *files] for folder in parents(rel)}):
+        path = os.path.join(real, folder)
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+            return f"{folder}, {kind(path)} where the copy has a folder"
+    for rel, digest in sorted(recorded.items()):
+        path = os.path.join(real, rel)
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+            return f"{rel}, now {kind(path)}"
+        if os.path.lexists(path) and sha256(path) != digest:
+            return f"{rel}, changed since make_assignment.py wrote it (a student's work?)"
+    for rel in sorted(files):
+        if os.path.lexists(os.path.join(real, rel)) and rel not in recorded:
+            return f"{rel}, which make_assignment.py did not write (the new copy has a file of that name)"
+    return None
+
+
+def renew(real: str, files: dict[str, bytes], root: str, old: dict | None) -> None:
+    """Write the copy into `real` (claim has checked it): the files the old record lists go, the record of the new
+    copy is written before its files, and no file is written over anything (mode "x"). Folders this tool created
+    and the new copy no longer has go only when empty: a student's files and folders stay wherever they are."""
+    recorded, created = (old["files"], old["folders"]) if old else ({}, [])
+    for rel in recorded:
+        if os.path.lexists(os.path.join(real, rel)):
+            os.remove(os.path.join(real, rel))
+    needed = {folder for rel in files for folder in parents(rel)}
+    there = {folder for folder in needed | set(created) if is_folder(os.path.join(real, folder))}
+    created = sorted((set(created) & there) | (needed - there))  # those it made before, and those it makes now
+    os.makedirs(real, exist_ok=True)
+    write_manifest(real, {"stage": MARK, "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()},
+                          "folders": created})  # fmt: skip
+    for rel, data in sorted(files.items()):
+        dst = os.path.join(real, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with open(dst, "xb") as f:
+            f.write(data)
+        shutil.copymode(os.path.join(root, rel), dst)
+    for folder in sorted(set(created) - needed, reverse=True):  # the deepest first
+        try:
+            if is_folder(os.path.join(real, folder)):
+                os.rmdir(os.path.join(real, folder))  # only an empty one
+        except OSError:
+            pass
+
+
+def read_manifest(out: str) -> dict | None:
+    """{"stage": MARK, "files": {path: sha256}, "folders": [path, ...]} of a student copy, or None (none, not ours).
+    Every path is relative and plain (no '..'): --force never reaches outside the copy."""
+    path = os.path.join(out, MANIFEST)
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(m, dict) or m.get("stage") != MARK:
+        return None
+    files, folders = m.get("files"), m.get("folders")
+    if not isinstance(files, dict) or not isinstance(folders, list) or not all(map(plain, [*files, *folders])):
+        return None
+    return m if all(isinstance(digest, str) for digest in files.values()) else None
+
+
+def plain(rel) -> bool:
+    """A path inside the copy, written plainly: relative, normalised, no '..'."""
+    ok = isinstance(rel, str) and not os.path.isabs(rel) and os.path.normpath(rel) == rel
+    return ok and rel not in (".", MANIFEST) and ".." not in rel.split(os.sep)
+
+
+def write_manifest(out: str, record: dict) -> None:
+    """Replace the copy's record atomically, through a temp file of a new name (no student's file is touched)."""
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".student_copy.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, os.path.join(out, MANIFEST))
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def parents(rel: str) -> list[str]:
+    """The folders a file of the copy sits in: "a/b/c.py" -> ["a", "a/b"]."""
+    parts = rel.split(os.sep)[:-1]
+    return [os.sep.join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def is_folder(path: str) -> bool:
+    """A folder reached without a symlink (`path` is under a resolved one): never one outside the copy."""
+    return os.path.isdir(path) and os.path.realpath(path) == path
+
+
+def inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def kind(path: str) -> str:
+    """What stands at `path`, in words, for a one-line error."""
+    if os.path.islink(path):
+        return "a symbolic link"
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISREG(mode):
+        return "a file"
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
 
 
 def restore(target: str, numbers: set[int], root: str = ROOT, force: bool = False) -> list[str]:
     """Put the reference code of the chosen exercises back into a student copy; returns the files rewritten."""
     if pending(root) & numbers:
         raise UsageError("this checkout has no reference code for those exercises; run --restore from the reference one")
-    rewritten = []
+    rewritten, renewed = [], {}
     for name in source_files(root):
         path = os.path.join(target, name)
-        with open(os.path.join(root, name)) as f:
+        with open(os.path.join(root, name), encoding="utf-8", newline="") as f:
             reference = f.read()
         if not parse(reference, name) or not os.path.exists(path):
             continue
-        with open(path) as f:
+        with open(path, encoding="utf-8", newline="") as f:
             student = f.read()
         try:
             new = fill(student, reference, numbers, path)
@@ -292,9 +461,15 @@ def restore(target: str, numbers: set[int], root: str = ROOT, force: bool = Fals
                 if block.number in numbers and body not in ([stub_line(block)], reference.split("\n")[ref.body : ref.end]):
                     raise UsageError(f"{path}: exercise {block.number} holds the student's code; add --force to replace it")
         if new != student:
-            with open(path, "w") as f:
+            with open(path, "w", encoding="utf-8", newline="") as f:
                 f.write(new)
             rewritten.append(path)
+            if new == strip(reference, pending_in(new), name):  # all of it is the tool's: --force may renew it
+                renewed[name] = hashlib.sha256(new.encode("utf-8")).hexdigest()
+    record = read_manifest(target)
+    if record is not None and renewed.keys() & record["files"].keys():
+        record["files"].update({name: digest for name, digest in renewed.items() if name in record["files"]})
+        write_manifest(target, record)
     return rewritten
 
 
@@ -334,20 +509,41 @@ def test_results(report: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def grade(n: int, root: str = ROOT) -> int:
+def grade(n: int, root: str = ROOT, time_limit: float = TIME_LIMIT) -> int:
     """Run the tests that grade exercise n in `root`: one line per test that does not pass, then one summary line.
 
     The tracebacks (hundreds of lines with tensor dumps) stay out; the summary names the pytest command that shows
-    the first one. Returns pytest's exit status (0 when every graded test passes).
+    the first one. Returns pytest's exit status (0 when every graded test passes), or 124 (as timeout(1) does) when
+    the tests run past `time_limit` seconds: an endless loop in a student's code. pytest runs in a process group of
+    its own, killed as a whole then (and on Ctrl-C), so that no process of the student's code is left running.
     """
     tests = GRADED[n]
     with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.xml")
+        report, log = os.path.join(tmp, "report.xml"), os.path.join(tmp, "pytest.log")
         cmd = [sys.executable, "-m", "pytest", "-q", "--tb=no", "-p", "no:cacheprovider", f"--junitxml={report}", *tests]
-        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                returncode = proc.wait(timeout=time_limit)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            finally:
+                if proc.returncode is None:  # past the time limit, or interrupted here: the whole group goes
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait()
+        if returncode is None:
+            files = " ".join(sorted({test.split("::")[0] for test in tests}))
+            print(f"make_assignment.py: error: grading exercise {n} stopped at its time limit of {time_limit:g} s (an endless "
+                  f"loop?); see which test hangs with: python -m pytest -v {files}, or raise the limit with --time-limit "
+                  "SECONDS", file=sys.stderr)  # fmt: skip
+            return 124
         if not os.path.exists(report):  # pytest could not even start: show the end of what it said
-            print((done.stdout + done.stderr).strip()[-2000:])
-            return done.returncode or 1
+            with open(log) as f:
+                print(f.read().strip()[-2000:])
+            return returncode or 1
         results = test_results(report)
     bad = [(node, outcome, why) for node, outcome, why in results if outcome != "passed"]
     for node, outcome, why in bad:
@@ -357,15 +553,16 @@ def grade(n: int, root: str = ROOT) -> int:
         print(f"exercise {n}: {len(bad)} of {len(results)} graded test cases do not pass (traceback: {rerun})")
     else:
         print(f"exercise {n}: all {len(results)} graded test cases pass")
-    return done.returncode if bad else 0
+    return returncode if bad else 0
 
 
 p = cli.Parser(prog="make_assignment.py", description="Write a student copy without the chosen exercises (ASSIGNMENTS.md).")
-p.add_argument("--out", default=None, help="directory of the student copy (must not exist, unless --force)")
+p.add_argument("--out", default=None, help="directory of the student copy (new or empty, unless --force)")
 p.add_argument("--exercises", default=None, help="comma-separated exercise numbers, e.g. 1,3 (default: all)")
-p.add_argument("--force", action="store_true", help="replace an existing --out; with --restore, overwrite a student's code")
+p.add_argument("--force", action="store_true", help="renew a copy this tool wrote; with --restore, overwrite a student's code")
 p.add_argument("--list", action="store_true", help="print the exercises, where they are and the tests that grade them")
 p.add_argument("--grade", type=cli.number(int), default=None, help="run the tests that grade exercise N (here)")
+p.add_argument("--time-limit", type=cli.number(float, 1, 86400), metavar="SECONDS", help="--grade's time limit (300)")
 p.add_argument("--restore", default=None, metavar="DIR", help="put the reference code of --exercises back into a student copy")
 
 
@@ -377,6 +574,8 @@ def main(argv=None):
         raise UsageError(f"malformed exercise markers: {err}") from None
     if sum(x is not None and x is not False for x in (args.out, args.grade, args.restore, args.list or None)) != 1:
         raise UsageError("give exactly one of --out DIR, --list, --grade N, --restore DIR")
+    if args.time_limit is not None and args.grade is None:
+        raise UsageError("--time-limit applies to --grade only; drop it, or add --grade N")
     if args.list:
         for n, blocks in known.items():
             print(f"Exercise {n}:")
@@ -386,7 +585,7 @@ def main(argv=None):
         return
     if args.grade is not None:
         chosen(str(args.grade), known)
-        sys.exit(grade(args.grade, ROOT))
+        sys.exit(grade(args.grade, ROOT, TIME_LIMIT if args.time_limit is None else args.time_limit))
     numbers = chosen(args.exercises, known)
     if args.restore:
         if not os.path.isdir(args.restore):
