@@ -108,8 +108,12 @@ END_TO_END = (
     "tests/test_reliability.py",
     "tests/test_errors.py",
     "tests/test_search.py",
-    "tests/test_pinned.py",
+    "tests/test_interrupts.py",
+    "tests/test_fuzz.py",
+    "tests/test_stages.py",
+    "tests/test_lost_work.py",
     "tests/test_safety.py",
+    "tests/test_pinned.py",
 )
 # ... and the script tests of the DARTS and MobileNet spaces (their unit tests need no exercise and always run)
 END_TO_END_TESTS = (
@@ -120,8 +124,9 @@ END_TO_END_TESTS = (
     "tests/test_mobilenet.py::test_train_search_retrain_scripts",
     "tests/test_mobilenet.py::test_script_errors_are_one_line",
     "tests/test_mobilenet.py::test_train_resume_is_exact",
+    "tests/test_device.py::test_deterministic_flag_is_recorded_kept_on_resume_and_changes_nothing_on_cpu",
 )
-KIT_ONLY = ("tests/test_assignments.py",)  # the kit's own test needs the reference: not in the student copy
+KIT_ONLY = ("tests/test_assignments.py", "tests/test_kit_safety.py")  # need the reference: not in a student copy
 MANIFEST, MARK = "student_copy.json", "make_assignment.py student copy"  # what --force may renew (make_copy)
 TIME_LIMIT = 300.0  # seconds for grading one exercise (--time-limit): an endless loop in a student's code stops
 
