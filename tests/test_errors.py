@@ -1,4 +1,5 @@
-"""User mistakes: each is one line on stderr naming the problem and the fix, exit status 2, no traceback."""
+"""User mistakes: each is one line on stderr naming the problem and the fix, exit status 2, no traceback (the full
+tier). The scripts run in-process (helpers.call through test_scripts.run)."""
 
 import json
 import os
@@ -19,6 +20,9 @@ def assert_user_error(res, *words):
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+pytestmark = pytest.mark.full
 
 
 @pytest.fixture(scope="module")

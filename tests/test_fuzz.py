@@ -5,6 +5,8 @@
 - a few hundred truncated, bit-flipped and hand-edited supernet checkpoints through files.load_checkpoint and
   files.check_checkpoint in-process: each one is a one-line UsageError or a checkpoint that passes every check,
   never another exception; and a handful of them through search.py: exit 2, one line, nothing written.
+
+In the full tier.
 """
 
 import argparse
@@ -23,6 +25,8 @@ import files
 import retrain
 import search
 import train
+
+pytestmark = pytest.mark.full
 
 # the stage parsers, and what each needs besides the flag under test
 PARSERS = {"train.py": (train.p, []), "search.py": (search.p, ["--ckpt", "x.pt"]), "retrain.py": (retrain.p, [])}

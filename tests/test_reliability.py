@@ -1,4 +1,5 @@
-"""Crash and resume: SIGKILL mid-epoch / between generations, resume, and compare with an uninterrupted run."""
+"""Crash and resume: SIGKILL mid-epoch / between generations, resume, and compare with an uninterrupted run (the full
+tier: a kill needs a real process; the reference and the resumed runs are in-process)."""
 
 import json
 import os
@@ -10,6 +11,8 @@ import time
 import pytest
 import torch
 from test_scripts import ROOT, assert_same_weights_and_momentum, load, run, script_env, tiny_flags
+
+pytestmark = pytest.mark.full
 
 # 640 fake images at batch 16 = 40 steps an epoch, 8 epochs: long enough to be killed early, short enough for CI
 LONG = tiny_flags(images=640, batch=16) + ["--log-every", "1000", "--epochs", "8"]

@@ -2,7 +2,7 @@
 
 --force replaces only a run directory of the same stage; the ImageNet16 pickles cannot run code; an unreadable image,
 a full disk, a read-only place or a file in the way is one line (exit 2) and leaves no temp file; NaN weights are
-never written over a good checkpoint.
+never written over a good checkpoint. In the full tier.
 """
 
 import errno
@@ -24,6 +24,8 @@ import files
 import rundir
 from data import DataError, Relabeled, load_dataset
 from loaders import make_loader
+
+pytestmark = pytest.mark.full
 
 RETRAIN = "--arch |nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|none~1|skip_connect~2| --channels 4 --layers 1".split()
 RETRAIN += "--dataset fake --fake-images 32 --image-size 8 --batch-size 16 --workers 0 --epochs 1".split()

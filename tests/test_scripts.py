@@ -1,4 +1,10 @@
-"""Smoke tests of the real scripts (subprocess): train -> search -> retrain on fake data, exact resume, torchrun."""
+"""Smoke tests of the real scripts: train -> search -> retrain on fake data, exact resume, torchrun.
+
+The default tier keeps two tests of this file: the one end-to-end chain run as real processes (python train.py, then
+search.py, then retrain.py, each reading what the one before wrote) and the in-process decay check of train_step. The
+rest is in the full tier (`--all`): in-process calls of the scripts' main() (helpers.call), torchrun, a hidden
+matplotlib.
+"""
 
 import json
 import os
@@ -74,6 +80,37 @@ def trained(tmp_path_factory):
     return out, res.stdout
 
 
+def test_train_search_retrain_chain_as_real_processes(tmp_path):
+    """The default tier's end-to-end check: the three stages as a user runs them (`python train.py`, `python
+    search.py`, `python retrain.py`, a process each) on fake data at toy size, each reading only what the one before
+    wrote: the supernet run -> search.json beside it -> a retrained winner, on the dataset the supernet run used."""
+    sn, rt = tmp_path / "sn", tmp_path / "rt"
+    size = tiny_flags(images=64)[4:]  # the 8x8 images, the tiny supernet, the batch and the workers; no --dataset
+    res = run("train.py", "--dataset", "fake", "--fake-images", 64, *size, "--epochs", 2, "--out", sn, process=True)
+    assert "done:" in res.stdout and "Traceback" not in res.stderr
+    assert {"config.json", "log.jsonl", "supernet_init.pt", "supernet.pt", "manifest.json"} <= set(os.listdir(sn))
+    ckpt = load(sn / "supernet.pt")
+    assert ckpt["epoch"] == 2 and ckpt["labels"]["kind"] == "random" and ckpt["labels"]["count"] == 64
+    assert [json.loads(line)["epoch"] for line in open(sn / "log.jsonl")] == [1, 2]
+
+    res = run("search.py", "--ckpt", sn / "supernet.pt", "--generations", 2, process=True)  # writes sn/search.json
+    found = json.load(open(sn / "search.json"))
+    assert found["done"] and found["ckpt"] == str(sn / "supernet.pt") and found["supernet_args"] == ckpt["supernet_args"]
+    assert len(found["evaluated"]) == 200 and found["generations_done"] == 2  # population 100, then 100 children
+    winner = found["winner"]
+    assert winner["score"] == max(score for _, score in found["evaluated"]) > 0
+    assert S.str_to_arch(winner["arch"]) and winner["arch"] in res.stdout
+    assert "benchmark cifar10" in res.stdout and found["benchmark"]["cifar10"]["tau_over"] == 200  # the shipped table
+
+    res = run("retrain.py", "--ckpt-search", sn / "search.json", *size, "--epochs", 1, "--out", rt, process=True)
+    assert "--dataset fake, the supernet run's" in res.stdout and "test top-1" in res.stdout
+    retrained = load(rt / "retrain.pt")
+    assert retrained["arch"] == winner["arch"] and retrained["epoch"] == 1
+    assert 0 <= retrained["test_top1"] <= retrained["test_top5"] <= 100
+    assert json.load(open(rt / "config.json"))["dataset"] == "fake"
+
+
+@pytest.mark.full
 def test_train_writes_a_complete_run(trained):
     out, stdout = trained
     assert {"config.json", "log.jsonl", "supernet_init.pt", "supernet.pt", "supernet_ep1.pt"} <= set(os.listdir(out))
@@ -92,6 +129,7 @@ def test_train_writes_a_complete_run(trained):
     assert all(torch.equal(fresh[k], init["model"][k]) for k in fresh)  # W0 is exactly the seeded init
 
 
+@pytest.mark.full
 def test_search_evolution_and_benchmark(trained, tmp_path):
     out, _ = trained
     bench = tmp_path / "bench.csv"
@@ -112,6 +150,7 @@ def test_search_evolution_and_benchmark(trained, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
+@pytest.mark.full
 def test_exhaustive_matches_evolution_winner_when_it_finds_it(trained, tmp_path):
     out, _ = trained
     run("search.py", "--ckpt", out / "supernet.pt", "--exhaustive", "--out", tmp_path / "all.json")
@@ -121,6 +160,7 @@ def test_exhaustive_matches_evolution_winner_when_it_finds_it(trained, tmp_path)
     assert scores[S.arch_to_str((0,) * 6)] == 0.0  # disconnected cell
 
 
+@pytest.mark.full
 def test_search_resume_replays_the_same_trajectory(trained, tmp_path):
     out, _ = trained
     flags = ["--ckpt", out / "supernet.pt", "--generations", 5, "--seed", 3]
@@ -134,6 +174,7 @@ def test_search_resume_replays_the_same_trajectory(trained, tmp_path):
     assert "230 taken from the interrupted run" in res.stdout
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("data_path", ["tensor", "loader"])
 def test_train_resume_is_exact(trained, tmp_path, data_path):
     # rebuild the state of the run after epoch 1 from its snapshot, resume, and compare with the full run;
@@ -161,6 +202,7 @@ def test_train_resume_is_exact(trained, tmp_path, data_path):
     )
 
 
+@pytest.mark.full
 def test_retrain_from_search_json(trained, tmp_path):
     out, _ = trained
     run("search.py", "--ckpt", out / "supernet.pt", "--generations", 2, "--out", tmp_path / "s.json")
@@ -197,6 +239,7 @@ def test_unsampled_ops_decay_or_stay_frozen():
     assert moved["frozen"] == 0.0
 
 
+@pytest.mark.full
 def test_torchrun_two_ranks_agree(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     out = tmp_path / "ddp"
@@ -208,6 +251,7 @@ def test_torchrun_two_ranks_agree(tmp_path):
     assert res.stdout.count("done:") == 1  # only rank 0 prints
 
 
+@pytest.mark.full
 @pytest.mark.parametrize(
     "space_flags",
     [
@@ -229,6 +273,7 @@ def test_torchrun_two_ranks_agree_other_spaces(tmp_path, space_flags):
     assert res.stdout.count("done:") == 1
 
 
+@pytest.mark.full
 def test_torchrun_retrain(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -251,6 +296,7 @@ def test_torchrun_retrain(tmp_path):
     assert load(tmp_path / "re" / "retrain.pt")["epoch"] == 1
 
 
+@pytest.mark.full
 def test_amp_and_memory_format_run(tmp_path):
     res = run("train.py", *TINY, "--epochs", 1, "--amp", "--memory-format", "contiguous", "--out", tmp_path / "amp")
     assert "done:" in res.stdout
@@ -263,6 +309,7 @@ def test_amp_and_memory_format_run(tmp_path):
     assert "test top-1" in res.stdout
 
 
+@pytest.mark.full
 def test_track_tau_logs_the_ranking_quality(tmp_path):
     bench = tmp_path / "bench.csv"
     write_fake_benchmark(bench)
@@ -278,6 +325,7 @@ def test_track_tau_logs_the_ranking_quality(tmp_path):
     assert res.returncode == 2 and "ArchitectureString" in res.stderr and not (tmp_path / "u").exists()
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("fitness", ["params", "random"])
 def test_baseline_fitnesses(trained, tmp_path, fitness):
     # the two baselines of the paper's comparison run through the same evolution and report
@@ -300,6 +348,7 @@ def test_baseline_fitnesses(trained, tmp_path, fitness):
         assert json.load(open(tmp_path / "t.json"))["evaluated"] == result["evaluated"]
 
 
+@pytest.mark.full
 def test_one_shot_accuracy_fitness(trained, tmp_path):
     # Table 1 A/C: BN recalibrated per candidate, top-1 on held-out images with the real labels; deterministic
     out, _ = trained
@@ -334,6 +383,7 @@ def test_one_shot_accuracy_fitness(trained, tmp_path):
     assert json.load(open(tmp_path / "b.json"))["evaluated"] == result["evaluated"]
 
 
+@pytest.mark.full
 def test_plot_without_matplotlib_degrades_to_one_line(trained, tmp_path):
     # hide matplotlib (it is optional): the search still finishes and says in one line why there are no plots
     fake = tmp_path / "site"

@@ -1,5 +1,5 @@
 """search.py end to end on a tiny NB201 run: the shipped NAS-Bench-201 table is the default ground truth, --benchmark
-replaces it, and --help reads the method first with the value each space's recipe fills in."""
+replaces it, and --help reads the method first with the value each space's recipe fills in (the full tier)."""
 
 import json
 
@@ -8,6 +8,8 @@ from test_scripts import TINY, run, write_fake_benchmark
 
 from benchmark import default_benchmark, load_benchmark
 from supernet import str_to_arch
+
+pytestmark = pytest.mark.full
 
 
 @pytest.fixture(scope="module")
