@@ -86,12 +86,11 @@ def test_train_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     assert log_without_timing(ref / "log.jsonl") == log_without_timing(crashed / "log.jsonl")
 
 
-def test_search_sigkill_between_generations_then_resume(tmp_path):
-    # a tiny trained supernet, then a long, slow search (small generations, many of them) that gets killed
-    run("train.py", *LONG[:-1], "1", "--out", tmp_path / "sn")
+def test_search_sigkill_between_generations_then_resume(tiny_run, tmp_path):
+    # the session's tiny trained supernet, then a long, slow search (small generations, many of them) that gets killed
     flags = [
         "--ckpt",
-        tmp_path / "sn" / "supernet.pt",
+        tiny_run[0] / "supernet.pt",
         "--population",
         12,
         "--topk",

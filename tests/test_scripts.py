@@ -3,7 +3,7 @@
 The default tier keeps two tests of this file: the one end-to-end chain run as real processes (python train.py, then
 search.py, then retrain.py, each reading what the one before wrote) and the in-process decay check of train_step. The
 rest is in the full tier (`--all`): in-process calls of the scripts' main() (helpers.call), torchrun, a hidden
-matplotlib.
+matplotlib. They read the session's tiny supernet run (conftest.tiny_run) instead of training one each.
 """
 
 import json
@@ -72,14 +72,6 @@ def write_fake_benchmark(path):
             f.write(f"{80 + proxy / 6:.3f},{50 + proxy / 5:.3f},{20 + proxy / 4:.3f},{S.arch_to_str(a)}\n")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny supernet run, shared by several tests: 3 epochs with a snapshot every epoch."""
-    out = tmp_path_factory.mktemp("runs") / "sn"
-    res = run("train.py", *TINY, "--epochs", 3, "--keep-every", 1, "--out", out)
-    return out, res.stdout
-
-
 def test_train_search_retrain_chain_as_real_processes(tmp_path):
     """The default tier's end-to-end check: the three stages as a user runs them (`python train.py`, `python
     search.py`, `python retrain.py`, a process each) on fake data at toy size, each reading only what the one before
@@ -111,8 +103,8 @@ def test_train_search_retrain_chain_as_real_processes(tmp_path):
 
 
 @pytest.mark.full
-def test_train_writes_a_complete_run(trained):
-    out, stdout = trained
+def test_train_writes_a_complete_run(tiny_run):
+    out, stdout = tiny_run
     assert {"config.json", "log.jsonl", "supernet_init.pt", "supernet.pt", "supernet_ep1.pt"} <= set(os.listdir(out))
     assert "img/s" in stdout and "ETA" in stdout
     log = [json.loads(line) for line in open(out / "log.jsonl")]
@@ -130,8 +122,8 @@ def test_train_writes_a_complete_run(trained):
 
 
 @pytest.mark.full
-def test_search_evolution_and_benchmark(trained, tmp_path):
-    out, _ = trained
+def test_search_evolution_and_benchmark(tiny_run, tmp_path):
+    out, _ = tiny_run
     bench = tmp_path / "bench.csv"
     write_fake_benchmark(bench)
     res = run("search.py", "--ckpt", out / "supernet.pt", "--benchmark", bench, "--out", tmp_path / "s.json")
@@ -151,8 +143,8 @@ def test_search_evolution_and_benchmark(trained, tmp_path):
 
 
 @pytest.mark.full
-def test_exhaustive_matches_evolution_winner_when_it_finds_it(trained, tmp_path):
-    out, _ = trained
+def test_exhaustive_matches_evolution_winner_when_it_finds_it(tiny_run, tmp_path):
+    out, _ = tiny_run
     run("search.py", "--ckpt", out / "supernet.pt", "--exhaustive", "--out", tmp_path / "all.json")
     result = json.load(open(tmp_path / "all.json"))
     scores = dict(result["evaluated"])
@@ -161,8 +153,8 @@ def test_exhaustive_matches_evolution_winner_when_it_finds_it(trained, tmp_path)
 
 
 @pytest.mark.full
-def test_search_resume_replays_the_same_trajectory(trained, tmp_path):
-    out, _ = trained
+def test_search_resume_replays_the_same_trajectory(tiny_run, tmp_path):
+    out, _ = tiny_run
     flags = ["--ckpt", out / "supernet.pt", "--generations", 5, "--seed", 3]
     run("search.py", *flags, "--out", tmp_path / "full.json")
     full = json.load(open(tmp_path / "full.json"))
@@ -176,10 +168,10 @@ def test_search_resume_replays_the_same_trajectory(trained, tmp_path):
 
 @pytest.mark.full
 @pytest.mark.parametrize("data_path", ["tensor", "loader"])
-def test_train_resume_is_exact(trained, tmp_path, data_path):
+def test_train_resume_is_exact(tiny_run, tmp_path, data_path):
     # rebuild the state of the run after epoch 1 from its snapshot, resume, and compare with the full run;
     # for both data paths (batched tensor augmentation, the default here, and the per-image DataLoader)
-    out, _ = trained
+    out, _ = tiny_run
     if data_path == "loader":
         out = tmp_path / "loader-run"
         run("train.py", *TINY, "--epochs", 3, "--keep-every", 1, "--data-path", "loader", "--out", out)
@@ -203,8 +195,8 @@ def test_train_resume_is_exact(trained, tmp_path, data_path):
 
 
 @pytest.mark.full
-def test_retrain_from_search_json(trained, tmp_path):
-    out, _ = trained
+def test_retrain_from_search_json(tiny_run, tmp_path):
+    out, _ = tiny_run
     run("search.py", "--ckpt", out / "supernet.pt", "--generations", 2, "--out", tmp_path / "s.json")
     res = run("retrain.py", "--ckpt-search", tmp_path / "s.json", *TINY, "--epochs", 2, "--out", tmp_path / "re")
     assert "test top-1" in res.stdout and "parameters" in res.stdout
@@ -327,9 +319,9 @@ def test_track_tau_logs_the_ranking_quality(tmp_path):
 
 @pytest.mark.full
 @pytest.mark.parametrize("fitness", ["params", "random"])
-def test_baseline_fitnesses(trained, tmp_path, fitness):
+def test_baseline_fitnesses(tiny_run, tmp_path, fitness):
     # the two baselines of the paper's comparison run through the same evolution and report
-    out, _ = trained
+    out, _ = tiny_run
     bench = tmp_path / "bench.csv"
     write_fake_benchmark(bench)
     ckpt = out / "supernet.pt"
@@ -349,9 +341,9 @@ def test_baseline_fitnesses(trained, tmp_path, fitness):
 
 
 @pytest.mark.full
-def test_one_shot_accuracy_fitness(trained, tmp_path):
+def test_one_shot_accuracy_fitness(tiny_run, tmp_path):
     # Table 1 A/C: BN recalibrated per candidate, top-1 on held-out images with the real labels; deterministic
-    out, _ = trained
+    out, _ = tiny_run
     flags = [
         "--ckpt",
         out / "supernet.pt",
@@ -384,12 +376,12 @@ def test_one_shot_accuracy_fitness(trained, tmp_path):
 
 
 @pytest.mark.full
-def test_plot_without_matplotlib_degrades_to_one_line(trained, tmp_path):
+def test_plot_without_matplotlib_degrades_to_one_line(tiny_run, tmp_path):
     # hide matplotlib (it is optional): the search still finishes and says in one line why there are no plots
     fake = tmp_path / "site"
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
-    out, _ = trained
+    out, _ = tiny_run
     env = script_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}")
     cmd = [
         sys.executable,
