@@ -1,9 +1,9 @@
 """Shared test set-up: the repository root on sys.path, tiny supernet shapes, a fast torch, and the two tiers.
 
-    python -m pytest -q tests          the default tier (about a minute): the method, the data path, the spaces, the
-                                       angle, the NB201 pin, one real train -> search -> retrain chain
+    python -m pytest -q tests          the default tier (about half a minute on 2 cores): the method, the data path, the
+                                       spaces, the angle, the NB201 pin, one real train -> search -> retrain chain
     python -m pytest -q tests --all    the full suite (CI): also every test marked `full` (the hardening, interrupt,
-                                       fuzz and safety suites, the other spaces end to end, torchrun)
+                                       kill, fuzz and safety suites, the other spaces end to end, torchrun, the kit)
 
 A test file marks itself with `pytestmark = pytest.mark.full`, a test with `@pytest.mark.full`. docs/details.md lists
 what each tier covers.
