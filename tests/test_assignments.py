@@ -1,6 +1,7 @@
 """The course kit (make_assignment.py, ASSIGNMENTS.md): markers, student copies, grading, restoring the reference.
 
-A student copy is graded by running pytest inside it, in a subprocess, on the graded node ids only.
+A student copy is graded by running pytest inside it, in a subprocess, on the graded node ids only. In the full tier
+(the copies run pytest in processes of their own).
 """
 
 import os
@@ -19,12 +20,20 @@ from cli import UsageError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXERCISES = K.exercises(ROOT)
 UNIT_FILES = sorted({node.split("::")[0] for nodes in K.GRADED.values() for node in nodes})
+# the end-to-end file a student copy runs beside the unit files, as `python -m pytest tests` does (the default tier):
+# the one whose train -> search -> retrain chain is in the default tier
+E2E_FILE = "tests/test_scripts.py"
+
+pytestmark = pytest.mark.full
 
 
 def pytest_in(copy, *targets) -> dict[str, tuple[str, str]]:
-    """Run pytest inside a student copy; {node id without parameters: (outcome, message)}, worst outcome kept."""
+    """Run pytest inside a student copy; {node id without parameters: (outcome, message)}, worst outcome kept.
+
+    --tb=no, as make_assignment.py --grade: the report keeps each failure's message, and the tracebacks of the
+    failing tests (tensor dumps included) are not formatted, which took half of each copy's time."""
     xml = os.path.join(copy, "report.xml")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *targets]
+    cmd = [sys.executable, "-m", "pytest", "-q", "--tb=no", "-p", "no:cacheprovider", f"--junitxml={xml}", *targets]
     subprocess.run(cmd, cwd=copy, env={**script_env(), "PYTHONPATH": str(copy)}, capture_output=True, timeout=300)
     results = {}
     for case in ET.parse(xml).iter("testcase"):
@@ -53,6 +62,7 @@ def test_markers_are_well_formed_and_graded_tests_exist():
                 assert re.search(rf"^def {test}\(", f.read(), re.M), node
     for path in K.END_TO_END:
         assert os.path.exists(os.path.join(ROOT, path))
+    assert E2E_FILE in K.END_TO_END
     # every test of the other spaces that runs a script (directly, or through the mb_run fixture) is listed in
     # END_TO_END_TESTS, and only those: a student copy must not fail a test that no exercise grades
     for path in ("tests/test_darts.py", "tests/test_mobilenet.py"):
@@ -110,7 +120,7 @@ def student_runs(tmp_path_factory):
     copies = [base / f"student-{''.join(map(str, sorted(half)))}" for half in HALVES]
     changed = [K.make_copy(copy, half, ROOT) for copy, half in zip(copies, HALVES)]
     with ThreadPoolExecutor(max_workers=2) as pool:  # CI has 2 cores
-        runs = list(pool.map(lambda copy: pytest_in(copy, *UNIT_FILES, K.END_TO_END[-1]), copies))
+        runs = list(pool.map(lambda copy: pytest_in(copy, *UNIT_FILES, E2E_FILE), copies))
     return copies, changed, runs
 
 
@@ -143,7 +153,7 @@ def test_student_copy_fails_exactly_the_graded_tests(student_runs, half):
         assert any(f"Exercise {n}: " in results[node][1] for node in K.GRADED[n]), n
     unit = {node for node in results if node.startswith(tuple(UNIT_FILES))}
     assert len(unit - failed) >= 20 and all(results[node][0] == "passed" for node in unit - failed)
-    e2e = [outcome for node, (outcome, _) in results.items() if node.startswith(K.END_TO_END[-1])]
+    e2e = [outcome for node, (outcome, _) in results.items() if node.startswith(E2E_FILE)]
     assert e2e and set(e2e) == {"skipped"}  # the scripts wait until every exercise is done
 
 

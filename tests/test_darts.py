@@ -250,7 +250,8 @@ def test_counts_match_table_3(text, channels, params_m, flops_m, official):
 
 
 # ----------------------------------------------------------------------------------------------
-# The scripts at toy scale: train -> search (--max-flops) -> retrain, CIFAR and ImageNet variants
+# The scripts at toy scale: train -> search (--max-flops) -> retrain, CIFAR and ImageNet variants (the full tier; the
+# unit tests above are in the default one)
 def toy_flags(batch=16):
     return f"--channels 4 --layers 3 --batch-size {batch} --workers 0 --log-every 1".split()
 
@@ -268,6 +269,7 @@ def median_flops(net_args):
     return float(np.median([SPACE.flops(SPACE.sample_path(gen, net_args), net_args) for _ in range(200)])) / 1e6
 
 
+@pytest.mark.full
 def test_cifar_train_search_retrain(tmp_path):
     sn = tmp_path / "sn"
     res = run("train.py", "--space", "darts", "--dataset", "fake", "--fake-images", 48, "--image-size", 16, *toy_flags(),
@@ -289,6 +291,7 @@ def test_cifar_train_search_retrain(tmp_path):
     assert "test top-1" in res.stdout and "multiply-adds" in res.stdout
 
 
+@pytest.mark.full
 def test_imagenet_train_search_retrain(tmp_path):
     from PIL import Image
 
@@ -319,6 +322,7 @@ def test_imagenet_train_search_retrain(tmp_path):
     assert "top-5" in res.stdout
 
 
+@pytest.mark.full
 def test_darts_user_errors(tmp_path):
     assert_user_error(run("retrain.py", "--genotype", "Genotype(normal=[])", "--count-only", check=False), "malformed")
     res = run("train.py", "--space", "darts", "--dataset", "imagenet", "--data", tmp_path / "none", "--out", tmp_path / "x",
@@ -334,6 +338,7 @@ def test_darts_user_errors(tmp_path):
     assert_user_error(run("search.py", "--ckpt", sn / "supernet.pt", "--exhaustive", check=False), "NB201")
 
 
+@pytest.mark.full
 def test_imagenet_variant_resume_is_exact(tmp_path):
     # conv-only weight decay (two param groups), the per-step linear lr and the path sampler all survive a resume:
     # rebuild the run after epoch 1 from its snapshot, resume it, and compare with the uninterrupted run

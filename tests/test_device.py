@@ -1,6 +1,6 @@
 """The GPU path, tested on the CPU where its logic allows: the one-line errors of torchrun runs (cli.run), the
 --deterministic flag (distributed.set_determinism, recorded and kept on resume), retrain.py's evaluation (counts on the
-device, autocast and memory format) and bench.py --device cuda without a GPU."""
+device, autocast and memory format) and bench.py --device cuda without a GPU. In the full tier."""
 
 import json
 import os
@@ -18,6 +18,8 @@ import retrain
 from data import Relabeled, load_dataset
 from loaders import epoch_loader
 from spaces import SPACES
+
+pytestmark = pytest.mark.full
 
 # ----------------------------------------------------------------------------------------------------------------------
 # cli.run under torchrun: a lost peer and any other failure of the distributed layer are one line with their cause

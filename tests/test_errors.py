@@ -1,4 +1,6 @@
-"""User mistakes: each is one line on stderr naming the problem and the fix, exit status 2, no traceback."""
+"""User mistakes: each is one line on stderr naming the problem and the fix, exit status 2, no traceback (the full
+tier). The scripts run in-process (helpers.call through test_scripts.run); the checks that read a trained run read
+the session's tiny run (conftest.tiny_run), the ones that point a command at it get a copy (tiny_run_copy)."""
 
 import json
 import os
@@ -21,11 +23,12 @@ def assert_user_error(res, *words):
         assert w in lines[0], (w, lines[0])
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("err") / "run"
-    run("train.py", *TINY, "--epochs", 1, "--out", out)
-    return out
+pytestmark = pytest.mark.full
+
+
+@pytest.fixture
+def run_dir(tiny_run):
+    return tiny_run[0]
 
 
 @pytest.mark.parametrize(
@@ -66,13 +69,15 @@ def test_train_folder_with_wrong_layout(tmp_path):
     )
 
 
-def test_existing_run_is_never_overwritten(run_dir):
+def test_existing_run_is_never_overwritten(tiny_run_copy):
+    run_dir = tiny_run_copy
     before = (run_dir / "supernet.pt").read_bytes()
     assert_user_error(run("train.py", *TINY, "--epochs", 1, "--out", run_dir, check=False), "--resume", "--force")
     assert (run_dir / "supernet.pt").read_bytes() == before
 
 
-def test_resume_with_a_different_method_flag(run_dir):
+def test_resume_with_a_different_method_flag(tiny_run_copy):
+    run_dir = tiny_run_copy
     assert_user_error(run("train.py", "--resume", "--out", run_dir, "--lr", "0.5", check=False), "--lr", "differs")
 
 

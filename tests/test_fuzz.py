@@ -5,6 +5,8 @@
 - a few hundred truncated, bit-flipped and hand-edited supernet checkpoints through files.load_checkpoint and
   files.check_checkpoint in-process: each one is a one-line UsageError or a checkpoint that passes every check,
   never another exception; and a handful of them through search.py: exit 2, one line, nothing written.
+
+In the full tier. The checkpoints are those of the session's tiny run (conftest.tiny_run), copied before any edit.
 """
 
 import argparse
@@ -16,13 +18,15 @@ import numpy as np
 import pytest
 import torch
 from test_errors import assert_user_error
-from test_scripts import TINY, run
+from test_scripts import run
 
 import cli
 import files
 import retrain
 import search
 import train
+
+pytestmark = pytest.mark.full
 
 # the stage parsers, and what each needs besides the flag under test
 PARSERS = {"train.py": (train.p, []), "search.py": (search.p, ["--ckpt", "x.pt"]), "retrain.py": (retrain.p, [])}
@@ -112,11 +116,9 @@ def test_numeric_flags_through_the_command_line(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoint bytes.
-@pytest.fixture(scope="module")
-def supernet_pt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fuzz") / "sn"
-    run("train.py", *TINY, "--fake-images", 32, "--epochs", 1, "--out", out)
-    return out / "supernet.pt"
+@pytest.fixture
+def supernet_pt(tiny_run):
+    return tiny_run[0] / "supernet.pt"
 
 
 def mutations(raw: bytes, ckpt: dict):

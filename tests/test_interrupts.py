@@ -1,6 +1,6 @@
 """Interrupts and concurrent runs: two runs on one --out (the run directory's lock), a run killed before its first
 checkpoint, Ctrl-C (SIGINT) and SIGTERM: one line saying where it stopped and how to resume, then --resume ends
-bit-identical to an uninterrupted run."""
+bit-identical to an uninterrupted run. In the full tier: the signals need real processes."""
 
 import fcntl
 import os
@@ -12,6 +12,8 @@ import torch
 from test_errors import assert_user_error
 from test_reliability import LONG, kill_when, log_without_timing, start
 from test_scripts import assert_same_weights_and_momentum, load, run
+
+pytestmark = pytest.mark.full
 
 SLOW = [*LONG[:-1], "200"]  # 200 epochs: minutes, so it is still running when the second run starts
 

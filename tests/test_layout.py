@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
 
@@ -132,6 +134,7 @@ def test_every_code_reference_in_the_docs_exists():
     assert not stale, stale
 
 
+@pytest.mark.full  # a fresh interpreter: import-time behaviour
 def test_torchvision_is_imported_only_where_images_are_decoded():
     """Importing torchvision costs about 1.5 s of every start (it loads torch._dynamo): the stage scripts, a search
     and the batched tensor path on in-memory data never import it; the per-image pipeline does, on first use."""

@@ -194,7 +194,8 @@ def test_space_interface():
 
 
 # ----------------------------------------------------------------------------------------------
-# Smoke tests of the real scripts: train -> search (FLOPs limit) -> retrain, tiny MobileNet on fake 32x32 images.
+# Smoke tests of the real scripts: train -> search (FLOPs limit) -> retrain, tiny MobileNet on fake 32x32 images (the
+# full tier; the unit tests above are in the default one).
 TINY_MB = f"--space mobilenet --width {WIDTH} --dataset fake --fake-images 64 --image-size 32 --batch-size 32 --workers 0"
 FAST_SEARCH = "--population 12 --topk 4 --mutations 6 --crossovers 6 --generations 3".split()
 
@@ -208,6 +209,7 @@ def mb_run(tmp_path_factory):
     return out, res.stdout, run
 
 
+@pytest.mark.full
 def test_train_search_retrain_scripts(mb_run):
     out, stdout, run = mb_run
     assert "mobilenet supernet" in stdout and "ETA" in stdout
@@ -247,6 +249,7 @@ def test_train_search_retrain_scripts(mb_run):
     assert ckpt["config"]["wd_on"] == "conv" and ckpt["config"]["clip_mode"] == "norm"
 
 
+@pytest.mark.full
 def test_script_errors_are_one_line(mb_run):
     out, _, run = mb_run
     cases = [
@@ -261,6 +264,7 @@ def test_script_errors_are_one_line(mb_run):
     assert not os.path.exists(out / "x.json") and not os.path.exists(out.parent / "bad")
 
 
+@pytest.mark.full
 def test_train_resume_is_exact(mb_run, tmp_path):
     """Resuming from the epoch-1 snapshot ends bit-identical to the uninterrupted 2-epoch run (same paths, same W0)."""
     from test_scripts import assert_same_weights_and_momentum, load

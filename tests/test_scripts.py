@@ -1,4 +1,10 @@
-"""Smoke tests of the real scripts (subprocess): train -> search -> retrain on fake data, exact resume, torchrun."""
+"""Smoke tests of the real scripts: train -> search -> retrain on fake data, exact resume, torchrun.
+
+The default tier keeps two tests of this file: the one end-to-end chain run as real processes (python train.py, then
+search.py, then retrain.py, each reading what the one before wrote) and the in-process decay check of train_step. The
+rest is in the full tier (`--all`): in-process calls of the scripts' main() (helpers.call), torchrun, a hidden
+matplotlib. They read the session's tiny supernet run (conftest.tiny_run) instead of training one each.
+"""
 
 import json
 import os
@@ -66,16 +72,39 @@ def write_fake_benchmark(path):
             f.write(f"{80 + proxy / 6:.3f},{50 + proxy / 5:.3f},{20 + proxy / 4:.3f},{S.arch_to_str(a)}\n")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny supernet run, shared by several tests: 3 epochs with a snapshot every epoch."""
-    out = tmp_path_factory.mktemp("runs") / "sn"
-    res = run("train.py", *TINY, "--epochs", 3, "--keep-every", 1, "--out", out)
-    return out, res.stdout
+def test_train_search_retrain_chain_as_real_processes(tmp_path):
+    """The default tier's end-to-end check: the three stages as a user runs them (`python train.py`, `python
+    search.py`, `python retrain.py`, a process each) on fake data at toy size, each reading only what the one before
+    wrote: the supernet run -> search.json beside it -> a retrained winner, on the dataset the supernet run used."""
+    sn, rt = tmp_path / "sn", tmp_path / "rt"
+    size = tiny_flags(images=64)[4:]  # the 8x8 images, the tiny supernet, the batch and the workers; no --dataset
+    res = run("train.py", "--dataset", "fake", "--fake-images", 64, *size, "--epochs", 2, "--out", sn, process=True)
+    assert "done:" in res.stdout and "Traceback" not in res.stderr
+    assert {"config.json", "log.jsonl", "supernet_init.pt", "supernet.pt", "manifest.json"} <= set(os.listdir(sn))
+    ckpt = load(sn / "supernet.pt")
+    assert ckpt["epoch"] == 2 and ckpt["labels"]["kind"] == "random" and ckpt["labels"]["count"] == 64
+    assert [json.loads(line)["epoch"] for line in open(sn / "log.jsonl")] == [1, 2]
+
+    res = run("search.py", "--ckpt", sn / "supernet.pt", "--generations", 2, process=True)  # writes sn/search.json
+    found = json.load(open(sn / "search.json"))
+    assert found["done"] and found["ckpt"] == str(sn / "supernet.pt") and found["supernet_args"] == ckpt["supernet_args"]
+    assert len(found["evaluated"]) == 200 and found["generations_done"] == 2  # population 100, then 100 children
+    winner = found["winner"]
+    assert winner["score"] == max(score for _, score in found["evaluated"]) > 0
+    assert S.str_to_arch(winner["arch"]) and winner["arch"] in res.stdout
+    assert "benchmark cifar10" in res.stdout and found["benchmark"]["cifar10"]["tau_over"] == 200  # the shipped table
+
+    res = run("retrain.py", "--ckpt-search", sn / "search.json", *size, "--epochs", 1, "--out", rt, process=True)
+    assert "--dataset fake, the supernet run's" in res.stdout and "test top-1" in res.stdout
+    retrained = load(rt / "retrain.pt")
+    assert retrained["arch"] == winner["arch"] and retrained["epoch"] == 1
+    assert 0 <= retrained["test_top1"] <= retrained["test_top5"] <= 100
+    assert json.load(open(rt / "config.json"))["dataset"] == "fake"
 
 
-def test_train_writes_a_complete_run(trained):
-    out, stdout = trained
+@pytest.mark.full
+def test_train_writes_a_complete_run(tiny_run):
+    out, stdout = tiny_run
     assert {"config.json", "log.jsonl", "supernet_init.pt", "supernet.pt", "supernet_ep1.pt"} <= set(os.listdir(out))
     assert "img/s" in stdout and "ETA" in stdout
     log = [json.loads(line) for line in open(out / "log.jsonl")]
@@ -92,8 +121,9 @@ def test_train_writes_a_complete_run(trained):
     assert all(torch.equal(fresh[k], init["model"][k]) for k in fresh)  # W0 is exactly the seeded init
 
 
-def test_search_evolution_and_benchmark(trained, tmp_path):
-    out, _ = trained
+@pytest.mark.full
+def test_search_evolution_and_benchmark(tiny_run, tmp_path):
+    out, _ = tiny_run
     bench = tmp_path / "bench.csv"
     write_fake_benchmark(bench)
     res = run("search.py", "--ckpt", out / "supernet.pt", "--benchmark", bench, "--out", tmp_path / "s.json")
@@ -112,8 +142,9 @@ def test_search_evolution_and_benchmark(trained, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
-def test_exhaustive_matches_evolution_winner_when_it_finds_it(trained, tmp_path):
-    out, _ = trained
+@pytest.mark.full
+def test_exhaustive_matches_evolution_winner_when_it_finds_it(tiny_run, tmp_path):
+    out, _ = tiny_run
     run("search.py", "--ckpt", out / "supernet.pt", "--exhaustive", "--out", tmp_path / "all.json")
     result = json.load(open(tmp_path / "all.json"))
     scores = dict(result["evaluated"])
@@ -121,8 +152,9 @@ def test_exhaustive_matches_evolution_winner_when_it_finds_it(trained, tmp_path)
     assert scores[S.arch_to_str((0,) * 6)] == 0.0  # disconnected cell
 
 
-def test_search_resume_replays_the_same_trajectory(trained, tmp_path):
-    out, _ = trained
+@pytest.mark.full
+def test_search_resume_replays_the_same_trajectory(tiny_run, tmp_path):
+    out, _ = tiny_run
     flags = ["--ckpt", out / "supernet.pt", "--generations", 5, "--seed", 3]
     run("search.py", *flags, "--out", tmp_path / "full.json")
     full = json.load(open(tmp_path / "full.json"))
@@ -134,11 +166,12 @@ def test_search_resume_replays_the_same_trajectory(trained, tmp_path):
     assert "230 taken from the interrupted run" in res.stdout
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("data_path", ["tensor", "loader"])
-def test_train_resume_is_exact(trained, tmp_path, data_path):
+def test_train_resume_is_exact(tiny_run, tmp_path, data_path):
     # rebuild the state of the run after epoch 1 from its snapshot, resume, and compare with the full run;
     # for both data paths (batched tensor augmentation, the default here, and the per-image DataLoader)
-    out, _ = trained
+    out, _ = tiny_run
     if data_path == "loader":
         out = tmp_path / "loader-run"
         run("train.py", *TINY, "--epochs", 3, "--keep-every", 1, "--data-path", "loader", "--out", out)
@@ -161,8 +194,9 @@ def test_train_resume_is_exact(trained, tmp_path, data_path):
     )
 
 
-def test_retrain_from_search_json(trained, tmp_path):
-    out, _ = trained
+@pytest.mark.full
+def test_retrain_from_search_json(tiny_run, tmp_path):
+    out, _ = tiny_run
     run("search.py", "--ckpt", out / "supernet.pt", "--generations", 2, "--out", tmp_path / "s.json")
     res = run("retrain.py", "--ckpt-search", tmp_path / "s.json", *TINY, "--epochs", 2, "--out", tmp_path / "re")
     assert "test top-1" in res.stdout and "parameters" in res.stdout
@@ -197,17 +231,7 @@ def test_unsampled_ops_decay_or_stay_frozen():
     assert moved["frozen"] == 0.0
 
 
-def test_torchrun_two_ranks_agree(tmp_path):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    out = tmp_path / "ddp"
-    res = run("train.py", *TINY, "--epochs", 2, "--device", "cpu", "--backend", "gloo", "--out", out, launcher=launcher)
-    ckpt = load(out / "supernet.pt")
-    assert os.path.exists(out / "supernet_init.pt")
-    ranks = ckpt["ddp_ranks"]  # [labels sha256, weights fingerprint] gathered from every rank after the last epoch
-    assert len(ranks) == 2 and ranks[0] == ranks[1] and ranks[0][0] == ckpt["labels"]["sha256"]
-    assert res.stdout.count("done:") == 1  # only rank 0 prints
-
-
+@pytest.mark.full
 @pytest.mark.parametrize(
     "space_flags",
     [
@@ -229,6 +253,7 @@ def test_torchrun_two_ranks_agree_other_spaces(tmp_path, space_flags):
     assert res.stdout.count("done:") == 1
 
 
+@pytest.mark.full
 def test_torchrun_retrain(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -251,6 +276,7 @@ def test_torchrun_retrain(tmp_path):
     assert load(tmp_path / "re" / "retrain.pt")["epoch"] == 1
 
 
+@pytest.mark.full
 def test_amp_and_memory_format_run(tmp_path):
     res = run("train.py", *TINY, "--epochs", 1, "--amp", "--memory-format", "contiguous", "--out", tmp_path / "amp")
     assert "done:" in res.stdout
@@ -263,6 +289,7 @@ def test_amp_and_memory_format_run(tmp_path):
     assert "test top-1" in res.stdout
 
 
+@pytest.mark.full
 def test_track_tau_logs_the_ranking_quality(tmp_path):
     bench = tmp_path / "bench.csv"
     write_fake_benchmark(bench)
@@ -278,10 +305,11 @@ def test_track_tau_logs_the_ranking_quality(tmp_path):
     assert res.returncode == 2 and "ArchitectureString" in res.stderr and not (tmp_path / "u").exists()
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("fitness", ["params", "random"])
-def test_baseline_fitnesses(trained, tmp_path, fitness):
+def test_baseline_fitnesses(tiny_run, tmp_path, fitness):
     # the two baselines of the paper's comparison run through the same evolution and report
-    out, _ = trained
+    out, _ = tiny_run
     bench = tmp_path / "bench.csv"
     write_fake_benchmark(bench)
     ckpt = out / "supernet.pt"
@@ -300,9 +328,10 @@ def test_baseline_fitnesses(trained, tmp_path, fitness):
         assert json.load(open(tmp_path / "t.json"))["evaluated"] == result["evaluated"]
 
 
-def test_one_shot_accuracy_fitness(trained, tmp_path):
+@pytest.mark.full
+def test_one_shot_accuracy_fitness(tiny_run, tmp_path):
     # Table 1 A/C: BN recalibrated per candidate, top-1 on held-out images with the real labels; deterministic
-    out, _ = trained
+    out, _ = tiny_run
     flags = [
         "--ckpt",
         out / "supernet.pt",
@@ -334,12 +363,13 @@ def test_one_shot_accuracy_fitness(trained, tmp_path):
     assert json.load(open(tmp_path / "b.json"))["evaluated"] == result["evaluated"]
 
 
-def test_plot_without_matplotlib_degrades_to_one_line(trained, tmp_path):
+@pytest.mark.full
+def test_plot_without_matplotlib_degrades_to_one_line(tiny_run, tmp_path):
     # hide matplotlib (it is optional): the search still finishes and says in one line why there are no plots
     fake = tmp_path / "site"
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
-    out, _ = trained
+    out, _ = tiny_run
     env = script_env(PYTHONPATH=f"{fake}{os.pathsep}{ROOT}")
     cmd = [
         sys.executable,

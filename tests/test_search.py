@@ -1,20 +1,21 @@
 """search.py end to end on a tiny NB201 run: the shipped NAS-Bench-201 table is the default ground truth, --benchmark
-replaces it, and --help reads the method first with the value each space's recipe fills in."""
+replaces it, and --help reads the method first with the value each space's recipe fills in (the full tier). The
+searches read the session's tiny supernet run (conftest.tiny_run)."""
 
 import json
 
 import pytest
-from test_scripts import TINY, run, write_fake_benchmark
+from test_scripts import run, write_fake_benchmark
 
 from benchmark import default_benchmark, load_benchmark
 from supernet import str_to_arch
 
+pytestmark = pytest.mark.full
 
-@pytest.fixture(scope="module")
-def supernet_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "sn"
-    run("train.py", *TINY, "--epochs", 1, "--out", out)
-    return out
+
+@pytest.fixture
+def supernet_run(tiny_run):
+    return tiny_run[0]
 
 
 def test_nb201_search_reports_the_shipped_benchmark_without_a_flag(supernet_run, tmp_path):

@@ -1,5 +1,6 @@
 """The stage scripts' interface: --help reads the method first and shows the recipes; retrain.py's defaults follow
-the space (the MobileNet and DARTS-ImageNet networks at 224 px) and the search run (its dataset, never its paths)."""
+the space (the MobileNet and DARTS-ImageNet networks at 224 px) and the search run (its dataset, never its paths).
+In the full tier."""
 
 import json
 import re
@@ -9,6 +10,8 @@ import pytest
 from test_scripts import run
 
 import cli
+
+pytestmark = pytest.mark.full
 
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 TABLE5_ARCH = "2 0 -1 2 2 0 2 4 0 4 4 2 4 2 4 2 0 0 0 2 2"  # RLNAS's MobileNet model_id (paper Table 5)
