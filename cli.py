@@ -25,7 +25,10 @@ SCRIPTS = ("train.py", "search.py", "retrain.py", "bench.py", "make_assignment.p
 
 def _interrupted_while_starting(signum, frame):
     print(f"{os.path.basename(sys.argv[0])}: interrupted (Ctrl-C) while starting; nothing was written", file=sys.stderr)
-    raise SystemExit(130)
+    sys.stderr.flush()
+    # os._exit, not SystemExit: a module half-imported (numpy, torch) makes the interpreter's own shutdown fail with
+    # a traceback of its own ("cannot load module more than once"). Nothing is open or written at this point.
+    os._exit(130)
 
 
 # A stage script imports this module before torch (2-3 s of imports): Ctrl-C in that time is one line, not a
