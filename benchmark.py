@@ -188,7 +188,7 @@ def load_benchmark(path: str, parse: Callable[[str], tuple]) -> Benchmark:
     if not os.path.exists(path):
         raise BenchmarkError(f"benchmark file not found: {path}")
     try:
-        check_regular(path, "benchmark file")  # a FIFO or a device would be read forever
+        check_regular(path, "benchmark file", fix="pass the NAS-Bench-201 accuracy CSV")  # a FIFO: read forever
     except UsageError as e:
         raise BenchmarkError(str(e)) from None
     try:

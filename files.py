@@ -169,7 +169,7 @@ def check_writable(path: str, flag: str = "--out", directory: bool = False) -> N
         raise UsageError(f"{flag} {path}: cannot write in {probe} (permission denied or read-only); pass another {flag}")
 
 
-def check_regular(path: str, what: str, inside: str = "pass the file itself") -> None:
+def check_regular(path: str, what: str, inside: str = "pass the file itself", fix: str = "pass a file written by this project") -> None:  # noqa: E501
     """A file the program reads is a regular file (symlinks to one are fine): a missing one, a directory, a FIFO or
     a device (/dev/zero would be read forever, a FIFO waits for a writer) is one line naming what it is."""
     try:
@@ -182,7 +182,7 @@ def check_regular(path: str, what: str, inside: str = "pass the file itself") ->
         raise UsageError(f"{what} {path} is a directory, not a file; {inside}")
     if not stat.S_ISREG(mode):
         kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-        raise UsageError(f"{what} {path} is {kind}, not a regular file; pass a file written by this project")
+        raise UsageError(f"{what} {path} is {kind}, not a regular file; {fix}")
 
 
 def load_checkpoint(path: str, what: str = "checkpoint") -> dict:

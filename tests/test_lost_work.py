@@ -387,7 +387,7 @@ def test_files_that_are_not_regular_files(trained, tmp_path):
     os.mkfifo(tmp_path / "bench.csv")
     with deadline(60):
         one_line(call("search.py", "--ckpt", trained / "supernet.pt", "--benchmark", tmp_path / "bench.csv", "--out",
-                      tmp_path / "s.json", check=False), "bench.csv", "FIFO")  # fmt: skip
+                      tmp_path / "s.json", check=False), "bench.csv", "FIFO", "accuracy CSV")  # fmt: skip
     fifo_run = tmp_path / "fifo"
     call("train.py", *TINY, "--epochs", 1, "--out", fifo_run)
     os.remove(fifo_run / "log.jsonl")
