@@ -28,7 +28,6 @@ import functools
 import os
 import pickle
 import socket
-import stat
 
 import numpy as np
 import torch
@@ -36,6 +35,7 @@ from torch.utils.data import Dataset
 
 from cli import UsageError
 from distributed import physical_memory
+from files import check_regular
 
 # torchvision is imported where it is used, never at the top: importing it takes about 1.5 s of every start on a
 # CPU (it loads torch._dynamo), which search.py, the batched tensor path and every one-line error never need.
@@ -222,14 +222,13 @@ class FileImages(Dataset):
 
 
 def _check_data_file(path: str, what: str = "image") -> None:
-    """A data file is read only if it is a regular file: a FIFO blocks the open forever, a device reads without end."""
+    """A data file is read only if it is a regular file (files.check_regular): a FIFO blocks the open forever, a
+    device reads without end. Raised as a DataError, which keeps its one line when it comes from a loader worker."""
+    fix = "replace it with the data file or remove it from the dataset folder"
     try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise DataError(f"cannot read {what} {path!r} ({_one_line(e)}); restore that file or delete it") from None
-    if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
-        raise DataError(f"{what} {path!r} is {kind}, not a regular file; replace it with the data file or remove it")
+        check_regular(path, what, inside=fix, fix=fix)
+    except UsageError as e:
+        raise DataError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------------------------
